@@ -1,0 +1,28 @@
+"""Accuracy that is exact across ranks: correct and total are summed, not averaged."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from .normalize import normalize
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict:
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, loss sum
+    for images, labels in loader:
+        images = normalize(images.to(device, non_blocking=True))
+        labels = labels.to(device, non_blocking=True)
+        logits = model(images)
+        totals[0] += (logits.argmax(1) == labels).sum()
+        totals[1] += labels.numel()
+        totals[2] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    model.train()
+    correct, count, loss_sum = totals.tolist()
+    return {"correct": int(correct), "total": int(count),
+            "accuracy": correct / count if count else float("nan"),
+            "loss": loss_sum / count if count else float("nan")}

@@ -1,0 +1,121 @@
+"""`shardtools` command line: build, status, demo. Errors end as one line and an exit code.
+
+Exit codes: 0 done, everything written; 1 unexpected failure; 2 bad usage or config, or an
+unreadable dataset; 3 done, some records pending; 4 done, some rejected; 5 both;
+6 the dataset is locked by another build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .errors import ConfigError, DatasetError, LockedError, ShardToolsError
+
+logger = logging.getLogger("shardtools")
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
+    try:
+        return args.run(args)
+    except LockedError as exc:
+        print(f"shardtools: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except ConfigError as exc:
+        print(f"shardtools: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DatasetError, ShardToolsError) as exc:
+        print(f"shardtools: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("shardtools: interrupted; the dataset is as after its last listed shard, "
+              "run the build again to go on", file=sys.stderr)
+        return 130
+    except Exception:
+        if args.traceback:
+            raise
+        logger.exception("unexpected failure (please report it with this traceback)")
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardtools", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
+    parser.add_argument("--traceback", action="store_true", help="show tracebacks of unexpected errors")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build", help="build or extend a dataset from a config")
+    build.add_argument("--config", required=True, help="YAML config with a 'build' section")
+    build.add_argument("--drain-deadline", type=float, metavar="SECONDS",
+                       help="keep retrying pending records until none is left or this many "
+                            "seconds have passed (overrides build.drain_deadline_s)")
+    build.set_defaults(run=_run_build)
+
+    status = commands.add_parser("status", help="summarise a dataset directory")
+    status.add_argument("dataset_dir")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=_run_status)
+
+    demo = commands.add_parser("demo", help="run the whole job on a built-in demo")
+    demo.add_argument("--workdir", default="demo-run", help="folder for the demo's files (recreated)")
+    demo.add_argument("--train-steps", type=int, default=60)
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _run_build(args) -> int:
+    import dataclasses
+
+    from .build import run_build
+    from .config import load_config
+    from .report import format_summary
+
+    config = load_config(args.config)
+    if config.build is None:
+        raise ConfigError("build", f"{args.config} has no 'build' section")
+    settings = config.build
+    if args.drain_deadline is not None:
+        settings = dataclasses.replace(settings, drain_deadline_s=args.drain_deadline)
+    summary = run_build(settings)
+    print(format_summary(summary))
+    return summary.exit_code
+
+
+def _run_status(args) -> int:
+    from .status import dataset_status, format_status
+
+    status = dataset_status(args.dataset_dir)
+    if args.json:
+        print(json.dumps(status, indent=1))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _run_demo(args) -> int:
+    from .demo.run import run_demo
+
+    return run_demo(args.workdir, train_steps=args.train_steps)
+
+
+def _configure_logging(level: int) -> None:
+    levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO, 2: logging.DEBUG}
+    logging.basicConfig(level=levels[max(-1, min(2, level))],
+                        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S")
+    if level < 1:
+        # Per-request chatter from requests/urllib3 is for -vv only.
+        logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Read input records (JSONL or CSV) into one record type; bad lines become RecordErrors.
+
+A record is one line of input. Many records may name the same URL; `samples.py` collapses
+them into one sample each.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import RecordError
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_SCHEMES = ("http", "https")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    source: str          # the records file, as named in the config
+    line_number: int     # 1-based; for CSV the header is line 1
+    url: str
+    label: str           # labels are compared as text: 123 and "123" are one class
+    group: str | None    # the group field's value, None when absent
+    extra: dict          # the record's other fields, kept as sample metadata
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.source}:{self.line_number}"
+
+
+def read_records(paths, url_field: str, label_field: str,
+                 group_field: str | None) -> Iterator[Record | RecordError]:
+    """Yield a Record per good line and a RecordError per bad one, in input order."""
+    for path in paths:
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            rows = _csv_rows(path)
+        else:
+            rows = _jsonl_rows(path)
+        for line_number, row in rows:
+            if isinstance(row, RecordError):
+                yield row
+                continue
+            try:
+                yield _to_record(str(path), line_number, row, url_field, label_field, group_field)
+            except RecordError as exc:
+                yield exc
+
+
+def _jsonl_rows(path: Path):
+    # Bytes, then decode per line: one bad byte sequence costs one line, not the file.
+    with open(path, "rb") as stream:
+        for line_number, raw in enumerate(stream, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                yield line_number, RecordError(str(path), line_number, "not valid UTF-8")
+                continue
+            except json.JSONDecodeError as exc:
+                yield line_number, RecordError(str(path), line_number,
+                                               f"not valid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(row, dict):
+                yield line_number, RecordError(str(path), line_number,
+                                               f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield line_number, row
+
+
+def _csv_rows(path: Path):
+    with open(path, newline="", encoding="utf-8", errors="replace") as stream:
+        reader = csv.DictReader(stream)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _to_record(source: str, line_number: int, row: dict, url_field: str, label_field: str,
+               group_field: str | None) -> Record:
+    url = row.get(url_field)
+    if url is None:
+        raise RecordError(source, line_number, f"missing field {url_field!r}")
+    if not isinstance(url, str) or not url.strip():
+        raise RecordError(source, line_number, f"field {url_field!r} must be a non-empty URL string")
+    url = url.strip()
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise RecordError(source, line_number,
+                          f"field {url_field!r}: only http and https URLs are fetched, got {url[:80]!r}")
+
+    label = row.get(label_field)
+    if label is None or label == "":
+        raise RecordError(source, line_number, f"missing field {label_field!r}")
+    if isinstance(label, bool) or not isinstance(label, (str, int)):
+        if isinstance(label, float) and label.is_integer():
+            label = int(label)
+        else:
+            raise RecordError(source, line_number,
+                              f"field {label_field!r} must be text or a whole number, got {label!r}")
+
+    group = None
+    if group_field:
+        value = row.get(group_field)
+        if value is not None and value != "":
+            group = str(value)
+
+    extra = {k: v for k, v in row.items() if k not in (url_field, label_field)}
+    return Record(source, line_number, url, str(label), group, extra)

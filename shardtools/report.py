@@ -1,0 +1,42 @@
+"""The short summary printed at the end of a build, in words a user can act on."""
+
+from __future__ import annotations
+
+from .build import BuildSummary
+
+
+def format_summary(summary: BuildSummary) -> str:
+    s = summary
+    lines = [f"build of {s.dataset_dir}: {s.records:,} records, {s.samples:,} distinct URLs "
+             f"in {s.wall_s:.1f} s"]
+    if not s.changed:
+        lines.append("  nothing new to write; the dataset is unchanged")
+    else:
+        per_split = ", ".join(f"{name} {count:,}" for name, count in sorted(s.written_by_split.items()))
+        lines.append(f"  wrote {s.new_samples:,} new samples ({per_split or 'none'}) into "
+                     f"{len(s.new_shards)} new shards; {s.already_written:,} were already written")
+        lines.append(f"  images: {s.from_cache:,} from the cache, {s.downloaded:,} downloaded")
+    if s.new_classes:
+        lines.append(f"  {s.new_classes:,} new classes")
+    if s.label_conflicts:
+        lines.append(f"  {s.label_conflicts:,} records disagree with the first record of their URL "
+                     "on the label; the first record's label is kept (see ledger: label_conflict)")
+    if s.duplicate_content:
+        lines.append(f"  {s.duplicate_content:,} URLs return bytes identical to another sample; "
+                     "kept once (ledger note: duplicate_content)")
+    if s.pending_records:
+        lines.append(f"  pending: {s.pending_records:,} records ({_reasons(s.pending_by_reason)}); "
+                     "run the build again later to fetch them")
+    if s.rejected_records:
+        lines.append(f"  rejected: {s.rejected_records:,} records ({_reasons(s.rejected_by_reason)})")
+    limited = {h: r for h, r in s.hosts.items() if r.get("http_429")}
+    for host, report in limited.items():
+        lines.append(f"  host {host}: {report.get('requests', 0):,} requests, "
+                     f"{report['http_429']:,} answered 429 (rate limited)")
+    if s.stats_file:
+        lines.append(f"  counters: {s.stats_file}")
+    return "\n".join(lines)
+
+
+def _reasons(by_reason: dict) -> str:
+    return ", ".join(f"{reason} {count:,}" for reason, count in sorted(by_reason.items()))
