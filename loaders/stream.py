@@ -163,13 +163,16 @@ class ShardStream(IterableDataset):
 
         expected = self.shard_sizes[self.shard_paths.index(path)]
         count = 0
-        stream = wds.tarfile_to_samples(handler=note_error)([{"url": path}])
-        for sample in stream:
-            if "jpg" not in sample or "cls" not in sample:
-                errors.append(ValueError(f"sample {sample.get('__key__')!r} incomplete"))
-                continue
-            count += 1
-            yield {"jpg": sample["jpg"], "cls": sample["cls"]}
+        with open(path, "rb") as tar_stream:  # ours to close, not the garbage collector's
+            files = wds.tariterators.tar_file_expander(
+                [{"url": path, "stream": tar_stream}], handler=note_error,
+                select_files=_is_known_member)
+            for sample in wds.tariterators.group_by_keys(files, handler=note_error):
+                if "jpg" not in sample or "cls" not in sample:
+                    errors.append(ValueError(f"sample {sample.get('__key__')!r} incomplete"))
+                    continue
+                count += 1
+                yield {"jpg": sample["jpg"], "cls": sample["cls"]}
         if errors or count != expected:
             lost = max(0, expected - count)
             with self._skipped.get_lock():
@@ -236,6 +239,10 @@ class ShardStream(IterableDataset):
                 filled = 0
         if partial and filled:
             yield _to_tensors(images, labels, filled)
+
+
+def _is_known_member(name: str) -> bool:
+    return name.rpartition(".")[2] in _KNOWN_MEMBERS
 
 
 def _to_tensors(images: np.ndarray, labels: np.ndarray, count: int):

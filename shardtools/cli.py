@@ -76,16 +76,17 @@ def _parser() -> argparse.ArgumentParser:
 def _run_build(args) -> int:
     import dataclasses
 
-    from .build import run_build
     from .config import load_config
-    from .report import format_summary
 
-    config = load_config(args.config)
+    config = load_config(args.config)  # before the heavy imports: config errors come fast
     if config.build is None:
         raise ConfigError("build", f"{args.config} has no 'build' section")
     settings = config.build
     if args.drain_deadline is not None:
         settings = dataclasses.replace(settings, drain_deadline_s=args.drain_deadline)
+    from .build import run_build
+    from .report import format_summary
+
     summary = run_build(settings)
     print(format_summary(summary))
     return summary.exit_code

@@ -159,8 +159,10 @@ class DatasetState:
             return
         seen = set()
         valid_lines = []
+        num_lines = 0
         with open(path, "rb") as stream:
             for raw in stream:
+                num_lines += 1
                 try:
                     line = json.loads(raw)
                 except ValueError:
@@ -177,9 +179,10 @@ class DatasetState:
         missing = set(listed) - seen
         if missing:
             raise DatasetError(f"{path} has no entry for listed shards: {', '.join(sorted(missing)[:5])}")
-        # Rewrite the index without leftovers so appends start from a clean file.
-        with atomic_writer(path, "wb") as stream:
-            stream.writelines(valid_lines)
+        if len(valid_lines) != num_lines or (valid_lines and not raw.endswith(b"\n")):
+            # Rewrite the index without leftovers so appends start from a clean file.
+            with atomic_writer(path, "wb") as stream:
+                stream.writelines(valid_lines)
 
     def _remove_leftovers(self) -> None:
         listed = self.listed_shards()

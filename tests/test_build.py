@@ -1,0 +1,264 @@
+"""End to end: records and cache in, shards, manifest, class index and ledger out."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+
+from conftest import build_settings, photo_variants, write_jsonl
+from shardtools.build import run_build
+from shardtools.cache import ImageCache, url_key
+from shardtools.fetch import ManualClock
+from shardtools.status import dataset_status
+
+
+def _records(urls, labels=None, groups=None):
+    return [{"image_url": url, "taxon_id": (labels or {}).get(url, i % 3),
+             "observation_id": (groups or {}).get(url, f"obs-{i}")}
+            for i, url in enumerate(urls)]
+
+
+def _ledger(dataset_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (dataset_dir / "ledger.jsonl").read_text().splitlines()]
+
+
+def _read_back(dataset_dir: Path) -> dict[str, dict]:
+    """key -> {split, cls, json} for every sample in every listed shard, via webdataset."""
+    manifest = json.loads((dataset_dir / "manifest.json").read_text())
+    found = {}
+    for split, entry in manifest["splits"].items():
+        urls = [str(dataset_dir / s["name"]) for s in entry["shards"]]
+        if not urls:
+            continue
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
+            assert sample["__key__"] not in found, "a key appears twice"
+            found[sample["__key__"]] = {"split": split, "cls": int(sample["cls"]),
+                                        "json": json.loads(sample["json"]), "jpg": sample["jpg"]}
+    return found
+
+
+def _cached_dataset(tmp_path, count=40, **overrides):
+    urls = [f"http://images.invalid/p/{i}.jpg" for i in range(count)]
+    cache = ImageCache(tmp_path / "cache")
+    for url, data in zip(urls, photo_variants(count)):
+        cache.store(url, data)
+    write_jsonl(tmp_path / "records.jsonl", _records(urls))
+    return urls, build_settings(tmp_path, **overrides)
+
+
+def test_build_from_cache_only_writes_every_record(tmp_path):
+    urls, settings = _cached_dataset(tmp_path)
+    summary = run_build(settings)
+    dataset = tmp_path / "dataset"
+
+    assert summary.new_samples == 40 and summary.from_cache == 40 and summary.downloaded == 0
+    assert summary.exit_code == 0
+    ledger = _ledger(dataset)
+    assert len(ledger) == 40 and {r["status"] for r in ledger} == {"written"}
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["format_version"] == 1
+    assert manifest["num_classes"] == 3
+    assert sum(s["num_samples"] for s in manifest["splits"].values()) == 40
+    for split, entry in manifest["splits"].items():
+        for shard in entry["shards"]:
+            assert shard["name"].startswith(f"{split}/")
+            assert (dataset / shard["name"]).stat().st_size == shard["num_bytes"]
+            assert shard["num_samples"] <= 8
+
+
+def test_round_trip_every_sample_has_its_label(tmp_path):
+    urls, settings = _cached_dataset(tmp_path)
+    run_build(settings)
+    dataset = tmp_path / "dataset"
+    classes = {c["id"]: c["label"] for c in json.loads((dataset / "classes.json").read_text())["classes"]}
+    found = _read_back(dataset)
+    assert set(found) == {url_key(u) for u in urls}
+    for url in urls:
+        sample = found[url_key(url)]
+        expected_label = str(urls.index(url) % 3)
+        assert classes[sample["cls"]] == expected_label
+        assert sample["json"]["url"] == url and sample["json"]["label"] == expected_label
+        assert sample["json"]["source"] == "cache"
+        assert sample["jpg"][:3] == b"\xff\xd8\xff"
+
+
+def test_shards_read_with_tar_and_keys_are_safe(tmp_path):
+    _, settings = _cached_dataset(tmp_path, count=10)
+    run_build(settings)
+    shards = sorted((tmp_path / "dataset").glob("*/*.tar"))
+    assert shards
+    listing = subprocess.run(["tar", "tf", str(shards[0])], capture_output=True, text=True, check=True)
+    names = listing.stdout.split()
+    for name in names:
+        stem, extension = name.split(".", 1)
+        assert "/" not in name and extension in ("jpg", "cls", "json")
+    # each sample's members are contiguous
+    stems = [n.split(".")[0] for n in names]
+    assert stems == sorted(stems, key=stems.index) and len(stems) == 3 * len(set(stems))
+
+
+def test_same_input_built_twice_gives_same_splits(tmp_path):
+    _, settings = _cached_dataset(tmp_path)
+    run_build(settings)
+    first = {k: v["split"] for k, v in _read_back(tmp_path / "dataset").items()}
+    import dataclasses
+
+    again = dataclasses.replace(settings, output_dir=str(tmp_path / "again"))
+    run_build(again)
+    second = {k: v["split"] for k, v in _read_back(tmp_path / "again").items()}
+    assert first == second
+    assert set(first.values()) == {"train", "val", "test"}
+
+
+def test_groups_share_a_split_and_one_url_is_in_one_split(tmp_path):
+    urls = [f"http://images.invalid/g/{i}.jpg" for i in range(30)]
+    cache = ImageCache(tmp_path / "cache")
+    for url, data in zip(urls, photo_variants(30, seed=3)):
+        cache.store(url, data)
+    groups = {url: f"obs-{i // 3}" for i, url in enumerate(urls)}
+    rows = _records(urls, groups=groups) + _records(urls[:5], groups=groups)  # repeats
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    run_build(build_settings(tmp_path))
+    found = _read_back(tmp_path / "dataset")
+    assert len(found) == 30
+    by_group = defaultdict(set)
+    for sample in found.values():
+        by_group[sample["json"]["group"]].add(sample["split"])
+    assert all(len(splits) == 1 for splits in by_group.values())
+
+
+def test_build_with_downloads_fills_the_cache(tmp_path, image_host):
+    photos = photo_variants(12, seed=5)
+    urls = []
+    for i, data in enumerate(photos):
+        image_host.add(f"/img/{i}.jpg", data)
+        urls.append(image_host.url(f"/img/{i}.jpg"))
+    write_jsonl(tmp_path / "records.jsonl", _records(urls))
+    summary = run_build(build_settings(tmp_path), clock=ManualClock())
+
+    assert summary.downloaded == 12 and summary.pending_records == 0
+    cache = ImageCache(tmp_path / "cache")
+    for url, data in zip(urls, photos):
+        assert cache.read(url) == data  # stored as downloaded, under md5(url).jpg
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))
+    found = _read_back(tmp_path / "dataset")
+    assert {s["json"]["source"] for s in found.values()} == {"network"}
+
+
+def test_429_leaves_records_pending_and_a_later_build_appends_them(tmp_path, image_host):
+    photos = photo_variants(10, seed=9)
+    urls = []
+    for i, data in enumerate(photos):
+        image_host.add(f"/img/{i}.jpg", data)
+        urls.append(image_host.url(f"/img/{i}.jpg"))
+    write_jsonl(tmp_path / "records.jsonl", _records(urls))
+    settings = build_settings(tmp_path, fetch={"threads": 1})
+    image_host.throttle(rate=0.001, burst=3, retry_after=120)
+
+    first = run_build(settings, clock=ManualClock())
+    assert first.downloaded == 3
+    assert first.pending_records == 7 and first.exit_code == 3
+    ledger = _ledger(tmp_path / "dataset")
+    assert {r["reason"] for r in ledger if r["status"] == "pending"} <= {"rate_limited", "host_cache_only"}
+    # The window holds: after the first 429, no request reached the host.
+    assert image_host.count_429 == 1
+    first_shards = {p.name: p.read_bytes() for p in (tmp_path / "dataset").glob("*/*.tar")}
+
+    image_host.relent()
+    second = run_build(settings, clock=ManualClock())
+    assert second.downloaded == 7 and second.pending_records == 0 and second.exit_code == 0
+    assert second.already_written == 3
+    for name, data in first_shards.items():  # old shards untouched
+        assert next((tmp_path / "dataset").glob(f"*/{name}")).read_bytes() == data
+    assert set(second.new_shards).isdisjoint(first_shards)
+    assert len(_read_back(tmp_path / "dataset")) == 10
+
+
+def test_malformed_line_is_rejected_with_its_line_number_and_others_written(tmp_path):
+    urls, settings = _cached_dataset(tmp_path, count=6)
+    rows = _records(urls)
+    rows.insert(2, '{"image_url": "http://images.invalid/p/x.jpg", "taxon_id": ')
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    summary = run_build(settings)
+    ledger = _ledger(tmp_path / "dataset")
+    bad = [r for r in ledger if r["status"] == "rejected"]
+    assert len(bad) == 1 and bad[0]["line"] == 3 and bad[0]["reason"] == "invalid_record"
+    assert "not valid JSON" in bad[0]["detail"]
+    assert summary.new_samples == 6 and summary.exit_code == 4
+
+
+def test_rebuild_with_nothing_new_writes_nothing(tmp_path):
+    _, settings = _cached_dataset(tmp_path, count=6)
+    run_build(settings)
+    dataset = tmp_path / "dataset"
+    before = {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file() and p.name != ".lock"}
+    summary = run_build(settings)
+    assert not summary.changed and summary.new_samples == 0
+    after = {p: p.stat().st_mtime_ns for p in dataset.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert after == before
+
+
+def test_class_ids_are_stable_and_new_classes_appended(tmp_path):
+    urls, settings = _cached_dataset(tmp_path, count=12)
+    run_build(settings)
+    classes_before = json.loads((tmp_path / "dataset" / "classes.json").read_text())["classes"]
+    more = [f"http://images.invalid/p/new{i}.jpg" for i in range(4)]
+    cache = ImageCache(tmp_path / "cache")
+    for url, data in zip(more, photo_variants(4, seed=11)):
+        cache.store(url, data)
+    rows = _records(urls) + [{"image_url": u, "taxon_id": "zz-new", "observation_id": u} for u in more]
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    run_build(settings)
+    classes_after = json.loads((tmp_path / "dataset" / "classes.json").read_text())["classes"]
+    assert classes_after[: len(classes_before)] == classes_before
+    assert classes_after[-1] == {"id": len(classes_before), "label": "zz-new"}
+
+
+def test_status_json_has_the_documented_keys(tmp_path):
+    _, settings = _cached_dataset(tmp_path, count=10)
+    run_build(settings)
+    status = dataset_status(tmp_path / "dataset")
+    assert set(status["splits"]) == {"train", "val", "test"}
+    assert sum(s["samples"] for s in status["splits"].values()) == 10
+    assert all(set(s) >= {"samples", "shards"} for s in status["splits"].values())
+    assert status["classes"] == 3 and status["pending"] == 0 and status["rejected"] == 0
+
+
+def test_cli_status_json(tmp_path):
+    import sys
+
+    _, settings = _cached_dataset(tmp_path, count=5)
+    run_build(settings)
+    out = subprocess.run([sys.executable, "-m", "shardtools", "status", str(tmp_path / "dataset"),
+                          "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["classes"] == 3
+
+
+def test_second_build_on_a_locked_directory_is_refused(tmp_path):
+    from shardtools.dataset import DatasetLock
+    from shardtools.errors import LockedError
+
+    _, settings = _cached_dataset(tmp_path, count=3)
+    with DatasetLock(tmp_path / "dataset"):
+        with pytest.raises(LockedError, match="is being built by pid"):
+            run_build(settings)
+    run_build(settings)  # released: the next build runs
+
+
+def test_label_conflicts_follow_the_first_record_and_are_reported(tmp_path):
+    urls, settings = _cached_dataset(tmp_path, count=4)
+    rows = _records(urls) + [{"image_url": urls[0], "taxon_id": 2, "observation_id": "x"}]
+    write_jsonl(tmp_path / "records.jsonl", rows)
+    summary = run_build(settings)
+    assert summary.label_conflicts == 1
+    ledger = _ledger(tmp_path / "dataset")
+    conflict = [r for r in ledger if r.get("label_conflict")]
+    assert len(conflict) == 1 and conflict[0]["line"] == 5 and conflict[0]["status"] == "written"
+    found = _read_back(tmp_path / "dataset")
+    assert found[url_key(urls[0])]["json"]["label"] == "0"
