@@ -64,7 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="summarise a dataset directory")
     status.add_argument("dataset_dir")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--plot", metavar="PNG", help="also draw samples per class per split")
     status.set_defaults(run=_run_status)
+
+    preview = commands.add_parser("preview", help="contact sheet of random samples with labels")
+    preview.add_argument("dataset_dir")
+    preview.add_argument("--split", default="val")
+    preview.add_argument("--out", required=True, metavar="PNG")
+    preview.add_argument("--samples", type=int, default=48)
+    preview.add_argument("--seed", type=int, help="pick the same samples again")
+    preview.set_defaults(run=_run_preview)
 
     demo = commands.add_parser("demo", help="run the whole job on a built-in demo")
     demo.add_argument("--workdir", default="demo-run", help="folder for the demo's files (recreated)")
@@ -100,6 +109,20 @@ def _run_status(args) -> int:
         print(json.dumps(status, indent=1))
     else:
         print(format_status(status))
+    if args.plot:
+        from .preview import class_plot
+
+        drawn = class_plot(args.dataset_dir, args.plot)
+        print(f"wrote {args.plot} ({drawn} classes)", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _run_preview(args) -> int:
+    from .preview import contact_sheet
+
+    drawn = contact_sheet(args.dataset_dir, args.split, args.out, num_samples=args.samples,
+                          seed=args.seed)
+    print(f"wrote {args.out}: {drawn} random {args.split} samples with their labels")
     return 0
 
 
@@ -116,6 +139,7 @@ def _configure_logging(level: int) -> None:
     if level < 1:
         # Per-request chatter from requests/urllib3 is for -vv only.
         logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,52 @@
+"""The contact sheet and the class plot are drawn from a built dataset."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import build_settings, photo_variants, write_jsonl
+from shardtools.build import run_build
+from shardtools.cache import ImageCache
+from shardtools.cli import main
+from shardtools.errors import DatasetError
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("preview")
+    urls = [f"http://images.invalid/v/{i}.jpg" for i in range(30)]
+    cache = ImageCache(root / "cache")
+    for url, data in zip(urls, photo_variants(len(urls), seed=4)):
+        cache.store(url, data)
+    write_jsonl(root / "records.jsonl",
+                [{"image_url": u, "taxon_id": f"taxon-{i % 3}", "observation_id": u}
+                 for i, u in enumerate(urls)])
+    run_build(build_settings(root, splits={"train": 0.5, "val": 0.5}))
+    return root / "dataset"
+
+
+def test_contact_sheet_grid_holds_the_samples_asked_for(dataset, tmp_path):
+    out = tmp_path / "sheet.png"
+    assert main(["preview", str(dataset), "--split", "val", "--out", str(out), "--samples", "9",
+                 "--seed", "3"]) == 0
+    with Image.open(out) as sheet:
+        assert sheet.width == 8 * 160 and sheet.height == 2 * (160 + 18)
+        # the tiles are not blank: real photos were drawn
+        assert len(np.unique(np.asarray(sheet.convert("L")))) > 50
+
+
+def test_contact_sheet_of_a_missing_split_is_a_clear_error(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="no split 'holdout'"):
+        from shardtools.preview import contact_sheet
+
+        contact_sheet(dataset, "holdout", tmp_path / "x.png")
+
+
+def test_class_plot_is_written(dataset, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "classes.png"
+    assert main(["status", str(dataset), "--plot", str(out)]) == 0
+    with Image.open(out) as plot:
+        assert plot.width > 300 and plot.height > 200
