@@ -21,6 +21,9 @@ class ConfigError(ShardToolsError):
         self.key = key
         self.problem = problem
 
+    def __reduce__(self):  # so it crosses process boundaries intact
+        return type(self), (self.key, self.problem)
+
 
 class RecordError(ShardToolsError):
     def __init__(self, source: str, line_number: int, problem: str):
@@ -28,6 +31,9 @@ class RecordError(ShardToolsError):
         self.source = source
         self.line_number = line_number
         self.problem = problem
+
+    def __reduce__(self):
+        return type(self), (self.source, self.line_number, self.problem)
 
 
 class DatasetError(ShardToolsError):
@@ -45,3 +51,6 @@ class ImageRejected(ShardToolsError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+    def __reduce__(self):
+        return type(self), (self.reason, self.detail)
