@@ -108,6 +108,13 @@ def _check_build(build: BuildSettings) -> None:
     _positive("build.fetch.image_deadline_s", fetch.image_deadline_s)
     _positive("build.fetch.max_backoff_s", fetch.max_backoff_s)
     _non_negative("build.fetch.max_retries", fetch.max_retries)
+    _non_negative("build.fetch.bytes_per_hour", fetch.bytes_per_hour)
+    _positive("build.fetch.max_bytes", fetch.max_bytes)
+    _non_negative("build.fetch.max_redirects", fetch.max_redirects)
+    _positive("build.fetch.ramp_successes", fetch.ramp_successes)
+    _positive("build.fetch.probe_poll_s", fetch.probe_poll_s)
+    if not 0 < fetch.rate_decrease < 1:
+        raise ConfigError("build.fetch.rate_decrease", f"must be between 0 and 1 (exclusive), got {fetch.rate_decrease}")
     if not fetch.backoff_schedule_s:
         raise ConfigError("build.fetch.backoff_schedule_s", "needs at least one step, e.g. [60, 120, 300, 600]")
     for step in fetch.backoff_schedule_s:

@@ -37,6 +37,13 @@ class FetchSettings:
     user_agent: str = "shardtools/0.1"
     # Put in the User-Agent so a host's operator can reach whoever runs the build.
     contact: str = ""
+    # Each window a host opens multiplies its pace by this (0 < x < 1). After the probe
+    # the pace climbs back by requests_per_second / ramp_successes per answer up to a
+    # settle point under the pace that drew the 429, then slowly (docs/fetching.md).
+    rate_decrease: float = 0.5
+    ramp_successes: int = 20
+    # While a host's probe is in flight, `Fetcher.next_probe_in` suggests this wait.
+    probe_poll_s: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,19 @@ def build_settings(tmp_path: Path, records="records.jsonl", **overrides):
     return config_from_dict({"build": build}, base_dir=tmp_path).build
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_proxies():
+    """Loopback traffic must not be sent to a proxy a CI machine may have configured."""
+    import os
+
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.lower().endswith("_proxy")}
+    os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    yield
+    os.environ.pop("NO_PROXY", None)
+    os.environ.pop("no_proxy", None)
+    os.environ.update(saved)
+
+
 @pytest.fixture
 def image_host():
     from shardtools.imagehost import ImageHost

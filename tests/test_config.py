@@ -29,6 +29,8 @@ def _build(tmp_path, **changes):
     ({"splits": {"train": 1.2, "val": -0.2}}, "build.splits.train", "between 0 and 1"),
     ({"image": {"resize": "squash"}}, "build.image.resize", "shorter_side"),
     ({"fetch": {"backoff_schedule_s": []}}, "build.fetch.backoff_schedule_s", "at least one"),
+    ({"fetch": {"rate_decrease": 1.5}}, "build.fetch.rate_decrease", "between 0 and 1"),
+    ({"fetch": {"ramp_successes": 0}}, "build.fetch.ramp_successes", "greater than 0"),
     ({"records": ["missing.jsonl"]}, "build.records[0]", "file not found"),
 ])
 def test_config_error_names_key_and_problem(tmp_path, changes, key, words):
