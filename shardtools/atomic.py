@@ -7,6 +7,8 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from . import crashpoints
+
 TEMP_MARK = ".tmp-"  # every temporary name we create contains this; cleanup looks for it
 
 
@@ -18,17 +20,23 @@ def temp_path_for(path: Path) -> Path:
 def atomic_writer(path: str | os.PathLike, mode: str = "wb", durable: bool = True):
     """Yield a file open on a temporary name beside `path`; on success flush, fsync and
     rename it over `path` (then fsync the folder). On error the temporary file is removed.
+
+    Crash points (see crashpoints.py): NAME:partial (some bytes may still sit in the
+    buffer), NAME:synced (temporary file complete), NAME:renamed (folder not yet fsynced).
     """
     path = Path(path)
     temp = temp_path_for(path)
     stream = open(temp, mode)
     try:
         yield stream
+        crashpoints.reach(f"{path.name}:partial")
         stream.flush()
         if durable:
             os.fsync(stream.fileno())
         stream.close()
+        crashpoints.reach(f"{path.name}:synced")
         os.replace(temp, path)
+        crashpoints.reach(f"{path.name}:renamed")
         if durable:
             fsync_dir(path.parent)
     except BaseException:

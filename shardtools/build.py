@@ -7,6 +7,14 @@
 Every record ends in the ledger as written, pending or rejected. Pending records (host in
 a cache-only window, transient network trouble) are tried again by the next build, or by
 this one when a drain deadline is set.
+
+Identical bytes under different URLs are one sample: the first to reach the writer, in
+input order, is written; the others are ledger rows pointing at it (`duplicate_content`),
+so no image can sit in two splits, within a build or across appends. Their records count
+as label conflicts when their label differs from the written sample's.
+
+A build killed at any point is resumed by running it again (docs/durability.md): shards
+it listed stay, the rest is redone, and the ledger is rebuilt from what the shards hold.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import crashpoints
 from .cache import ImageCache
 from .dataset import DatasetLock, DatasetState
 from .errors import ImageRejected, RecordError
@@ -70,6 +79,12 @@ class BuildSummary:
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
     label_conflicts: int = 0
     duplicate_content: int = 0
+    # URLs whose bytes duplicate a written sample that has another label.
+    duplicate_label_conflicts: int = 0
+    # Builds found killed ("running") when this one opened the directory, and the
+    # files they left that were removed.
+    resumed_builds: list[int] = field(default_factory=list)
+    removed_leftovers: list[str] = field(default_factory=list)
     new_classes: int = 0
     written_by_split: dict[str, int] = field(default_factory=dict)
     fetch_counters: dict[str, int] = field(default_factory=dict)
@@ -106,12 +121,17 @@ class _Build:
         self.workers = workers
         self.clock = clock
         self.cache = ImageCache(settings.cache_dir)
-        self.build_id = len(state.manifest["builds"]) + 1
+        self.build_id = state.next_build_id()
         self.started_wall = time.time()
         self.started = clock.monotonic()
         self.outcomes: dict[str, Outcome] = {}
         self.summary = BuildSummary(str(state.dataset_dir), self.build_id, changed=False)
         self.writers: dict[str, SplitShardWriter] = {}
+        # Samples handed to a writer in this build: key -> class id. Their shard may not be
+        # listed yet, but a duplicate must already be measured against them.
+        self.placed: dict[str, int] = {}
+        self.summary.resumed_builds = list(state.interrupted)
+        self.summary.removed_leftovers = list(state.removed_leftovers)
 
     # --- the steps, in order ------------------------------------------------------------
 
@@ -123,12 +143,14 @@ class _Build:
             self._drain(todo)
             for writer in self.writers.values():
                 writer.close()
+            crashpoints.reach("build:shards_closed")
         except BaseException:
             for writer in self.writers.values():
                 writer.abandon()
             raise
         rows = list(self._ledger_rows(record_errors, samples))
         self._finish(rows)
+        crashpoints.reach("build:done")
         return self.summary
 
     def _read(self) -> tuple[list[RecordError], dict[str, Sample]]:
@@ -169,7 +191,7 @@ class _Build:
                 continue
             sample.split = split_for(sample.group_key, self.settings.split_salt, self.settings.splits)
             sample.class_id = state.classes.id_of(sample.label)
-            if self._sticky_rejection(sample):
+            if self._sticky_rejection(sample) or self._known_duplicate(sample):
                 continue
             todo.append(sample)
         logger.info("%d records, %d samples: %d already written, %d to do",
@@ -184,6 +206,24 @@ class _Build:
                 self.outcomes[sample.key] = Outcome("rejected", reason, previous.get("source"))
                 return True
         return False
+
+    def _known_duplicate(self, sample: Sample) -> bool:
+        """A URL the last build found to duplicate a written sample's bytes: the cache file
+        is the same, so the answer would be the same; skip the decode."""
+        previous = self.state.previous_ledger.get(sample.first.record_id)
+        if not previous or previous.get("key") != sample.key \
+                or previous.get("note") != "duplicate_content":
+            return False
+        twin = self.state.written.get(previous.get("sample"))
+        if twin is None:
+            return False
+        self.outcomes[sample.key] = Outcome("duplicate", "duplicate_content",
+                                            previous.get("source"),
+                                            content_sha256=twin.content_sha256, twin=twin.key)
+        self.summary.already_written += 1
+        self.summary.duplicate_content += 1
+        self._note_duplicate_label(sample, twin.key, twin.class_id, quiet=True)
+        return True
 
     def _resolve_and_write(self, todo: list[Sample]) -> None:
         """Resolve images in threads; write results in input order (reproducible shards)."""
@@ -239,7 +279,9 @@ class _Build:
                     return Outcome("rejected", rejection.reason, "cache", content_sha256=_sha(data))
                 self.cache.set_aside(sample.url, rejection.reason)
 
+        crashpoints.reach("fetch:start")
         result = self.fetcher.fetch(sample.url)
+        crashpoints.reach("fetch:done")
         if not result.ok:
             return Outcome(result.outcome, result.reason, "network", final_url=result.final_url)
         try:
@@ -266,6 +308,10 @@ class _Build:
                 outcome = Outcome("duplicate", "duplicate_content", outcome.source,
                                   content_sha256=outcome.content_sha256, twin=twin)
                 self.summary.duplicate_content += 1
+                written = self.state.written.get(twin)
+                twin_class = written.class_id if written is not None else self.placed[twin]
+                self._note_duplicate_label(sample, twin, twin_class)
+                logger.info("%s has the same bytes as sample %s; kept once", sample.url, twin)
             else:
                 self._write(sample, outcome)
         self.outcomes[sample.key] = outcome
@@ -295,6 +341,8 @@ class _Build:
         }
         writer.add(ShardSample(sample.key, sample.class_id, outcome.image.jpeg, metadata,
                                outcome.content_sha256))
+        crashpoints.reach("sample:added")
+        self.placed[sample.key] = sample.class_id
         self.state.by_content.setdefault(outcome.content_sha256, sample.key)
         outcome.image = None  # the bytes are in the shard now; free them
         if outcome.source == "cache":
@@ -302,8 +350,18 @@ class _Build:
         else:
             self.summary.downloaded += 1
 
+    def _note_duplicate_label(self, sample: Sample, twin: str, twin_class: int,
+                              quiet: bool = False) -> None:
+        if twin_class == sample.class_id:
+            return
+        self.summary.duplicate_label_conflicts += 1
+        if not quiet:
+            logger.warning("label conflict: %s (label %r) has the same bytes as sample %s "
+                           "(label %r); the written sample's label is kept", sample.url,
+                           sample.label, twin, self.state.classes.label_of(twin_class))
+
     def _listed(self, split: str, closed: ClosedShard) -> None:
-        self.state.list_shard(split, closed, self.build_id)
+        self.state.list_shard(split, closed, self.build_id, _iso(self.started_wall))
         self.summary.new_shards.append(closed.name)
         logger.info("wrote %s (%d samples, %.1f MB)", closed.name, closed.num_samples,
                     closed.num_bytes / 1e6)
@@ -337,6 +395,26 @@ class _Build:
                 if record.label != (self.state.classes.label_of(target.class_id) if target else sample.label):
                     row["label_conflict"] = True
                 yield row
+        error_ids = {f"{e.source}:{e.line_number}" for e in record_errors}
+        yield from self._absent_rows(samples, error_ids)
+
+    def _absent_rows(self, samples: dict[str, Sample], error_ids: set[str]):
+        """Rows of written samples whose records are gone from the input (a file dropped
+        from the config, a regenerated export): their shards still hold them, so the
+        ledger keeps saying where they are."""
+        taken = error_ids | {r.record_id for x in samples.values() for r in x.records}
+        for row in self.state.previous_ledger.values():
+            if row.get("status") != "written" or row.get("key") in samples:
+                continue
+            if row.get("sample", row.get("key")) not in self.state.written:
+                continue
+            row = {**row, "in_input": False}
+            if row["record"] in taken:  # the same file:line now holds another record
+                row["record"] = f"{row['record']}@earlier"
+                if row["record"] in taken:
+                    continue
+            taken.add(row["record"])
+            yield row
 
     def _finish(self, rows: list[dict]) -> None:
         summary = self.summary
@@ -355,26 +433,31 @@ class _Build:
         previous = self.state.previous_ledger
         unchanged = (not summary.new_shards and len(previous) == len(rows)
                      and all(previous.get(r["record"]) == r for r in rows))
-        if unchanged and self.state.manifest["builds"]:
+        # After a killed build the ledger may already be right (it died after writing it)
+        # while its history entry still says "interrupted": that needs writing down too.
+        if unchanged and self.state.manifest["builds"] and not self.state.interrupted:
             summary.changed = False
             summary.build_id = None
             logger.info("nothing new: no shard written, the dataset is unchanged")
             return
         summary.changed = True
+        # Ledger first, then the manifest that says the build is complete: a kill between
+        # the two leaves a right ledger and a build entry the next build closes.
         self.state.save_ledger(rows)
         manifest = self.state.manifest
         manifest["num_pending"] = summary.pending_records
         manifest["num_rejected"] = summary.rejected_records
         manifest["num_classes"] = len(self.state.classes)
-        manifest["builds"].append({
-            "build": self.build_id,
-            "started": _iso(self.started_wall),
+        entry = self.state.build_entry(self.build_id, _iso(self.started_wall))
+        entry.update({
             "finished": _iso(time.time()),
+            "status": "complete",
             "records": summary.records,
             "new_samples": summary.new_samples,
             "new_shards": summary.new_shards,
             "pending": summary.pending_records,
             "rejected": summary.rejected_records,
+            **({"resumed": summary.resumed_builds} if summary.resumed_builds else {}),
         })
         self.state.save_manifest()
         stats = {key: value for key, value in summary.__dict__.items() if key != "stats_file"}

@@ -2,7 +2,7 @@
 
 Exit codes: 0 done, everything written; 1 unexpected failure; 2 bad usage or config, or an
 unreadable dataset; 3 done, some records pending; 4 done, some rejected; 5 both;
-6 the dataset is locked by another build.
+6 the dataset is locked by another build; 7 `verify` found problems.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ logger = logging.getLogger("shardtools")
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_LOCKED = 6
+EXIT_INVALID = 7
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,8 +65,18 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="summarise a dataset directory")
     status.add_argument("dataset_dir")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--few", type=int, default=5, metavar="N",
+                        help="list classes with fewer than N samples in a split (default 5)")
     status.add_argument("--plot", metavar="PNG", help="also draw samples per class per split")
     status.set_defaults(run=_run_status)
+
+    verify = commands.add_parser("verify", help="read every shard and check the dataset "
+                                 "directory; exit 7 when anything is wrong")
+    verify.add_argument("dataset_dir")
+    verify.add_argument("--json", action="store_true", help="machine-readable output")
+    verify.add_argument("--strict", action="store_true",
+                        help="also fail on what an unfinished build left (normally notes)")
+    verify.set_defaults(run=_run_verify)
 
     preview = commands.add_parser("preview", help="contact sheet of random samples with labels")
     preview.add_argument("dataset_dir")
@@ -104,7 +115,7 @@ def _run_build(args) -> int:
 def _run_status(args) -> int:
     from .status import dataset_status, format_status
 
-    status = dataset_status(args.dataset_dir)
+    status = dataset_status(args.dataset_dir, few=args.few)
     if args.json:
         print(json.dumps(status, indent=1))
     else:
@@ -115,6 +126,14 @@ def _run_status(args) -> int:
         drawn = class_plot(args.dataset_dir, args.plot)
         print(f"wrote {args.plot} ({drawn} classes)", file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _run_verify(args) -> int:
+    from .verify import format_report, verify_dataset
+
+    report = verify_dataset(args.dataset_dir, strict=args.strict)
+    print(json.dumps(report.as_dict(), indent=1) if args.json else format_report(report))
+    return 0 if report.ok else EXIT_INVALID
 
 
 def _run_preview(args) -> int:

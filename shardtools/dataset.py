@@ -14,6 +14,12 @@ Order of writes for every shard: tar renamed into place -> its shard_index line 
 and fsynced -> manifest rewritten atomically. The manifest alone decides what is listed;
 an index line or a tar it does not list is left over from an interrupted build and is
 ignored (and the tar removed) when the next build opens the directory.
+
+A build's entry in the manifest's history is created, as "running", with its first listed
+shard, and marked "complete" at its end. An entry still "running" when the next build
+opens the directory (under the lock, so its writer is gone) belonged to a build that was
+killed; it becomes "interrupted", its listed shards stay, and the next build redoes the
+rest. docs/durability.md walks through every kill point.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import crashpoints
 from .atomic import TEMP_MARK, atomic_writer, write_json_atomic
 from .classes import ClassIndex
 from .errors import DatasetError, LockedError
-from .shards import SHARD_NAME, ClosedShard
+from .shards import SHARD_NAME, ClosedShard, shard_number
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,9 @@ class DatasetLock:
     def __init__(self, dataset_dir: Path):
         self.path = dataset_dir / LOCK
         self._fd = None
+        # What a holder that died without releasing left in the file ("pid N on HOST since
+        # T"), else None. A clean exit empties the file.
+        self.stale_holder: str | None = None
 
     def __enter__(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +106,11 @@ class DatasetLock:
             os.close(fd)
             raise LockedError(f"{self.path.parent} is being built by {holder}; wait for that "
                               "build to finish (only one build may write a dataset at a time)") from None
+        left = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+        if left:
+            self.stale_holder = left
+            logger.warning("taking over the lock of %s: that build ended without releasing it "
+                           "(killed or crashed); the kernel had already freed it", left)
         os.ftruncate(fd, 0)
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}\n".encode(), 0)
@@ -118,6 +133,8 @@ class DatasetState:
     written: dict[str, WrittenSample] = field(default_factory=dict)   # key -> sample
     by_content: dict[str, str] = field(default_factory=dict)          # content sha -> key
     previous_ledger: dict[str, dict] = field(default_factory=dict)    # record id -> row
+    interrupted: list[int] = field(default_factory=list)  # builds found "running" at open
+    removed_leftovers: list[str] = field(default_factory=list)
 
     @classmethod
     def open(cls, dataset_dir: Path, split_names) -> "DatasetState":
@@ -130,11 +147,14 @@ class DatasetState:
                 manifest["splits"].setdefault(name, {"num_samples": 0, "num_bytes": 0, "shards": []})
                 manifest["class_counts"].setdefault(name, {})
         else:
+            _refuse_orphaned(dataset_dir)
             manifest = empty_manifest(split_names)
         state = cls(dataset_dir, manifest, ClassIndex.load(dataset_dir / CLASSES))
         state._load_shard_index()
         state._remove_leftovers()
+        state._check_listed_on_disk()
         state._load_previous_ledger()
+        state._mark_interrupted()
         return state
 
     # --- reading ----------------------------------------------------------------------
@@ -144,11 +164,15 @@ class DatasetState:
                 for entry in split["shards"]}
 
     def next_shard_index(self, split: str) -> int:
-        highest = -1
-        for entry in self.manifest["splits"][split]["shards"]:
-            match = SHARD_NAME.match(Path(entry["name"]).name)
-            highest = max(highest, int(match["index"]))
-        return highest + 1
+        """One past the highest listed shard of `split`: numbering only ever goes up."""
+        return next_shard_index(self.manifest, split)
+
+    def next_build_id(self) -> int:
+        """One past every build id the manifest mentions, so an interrupted build's id (on
+        its history entry or its shards) is never given to another."""
+        ids = [entry["build"] for entry in self.manifest["builds"]]
+        ids += [entry.get("build", 0) for entry in self.listed_shards().values()]
+        return max(ids, default=0) + 1
 
     def _load_shard_index(self) -> None:
         listed = self.listed_shards()
@@ -185,20 +209,59 @@ class DatasetState:
                 stream.writelines(valid_lines)
 
     def _remove_leftovers(self) -> None:
+        """Remove temporary files and the unlisted tars a killed build can leave: those
+        numbered at or past the split's next index (the one being listed when it died).
+        An unlisted tar below that was not made by a build of this directory; it is left
+        alone and reported (verify fails on it) rather than deleted."""
         listed = self.listed_shards()
         for split in self.manifest["splits"]:
             folder = self.dataset_dir / split
             if not folder.is_dir():
                 continue
-            for path in folder.iterdir():
+            next_index = self.next_shard_index(split)
+            for path in sorted(folder.iterdir()):
                 name = f"{split}/{path.name}"
-                if TEMP_MARK in path.name or (SHARD_NAME.match(path.name) and name not in listed):
-                    logger.warning("removing %s, left by an interrupted build; its samples will "
-                                   "be written again", name)
-                    path.unlink()
-        for path in self.dataset_dir.iterdir():
-            if TEMP_MARK in path.name:
-                path.unlink()
+                if TEMP_MARK in path.name:
+                    self._remove(path, name)
+                elif SHARD_NAME.match(path.name) and name not in listed:
+                    number = shard_number(path.name, split)
+                    if number is not None and number >= next_index:
+                        self._remove(path, name)
+                    else:
+                        logger.warning("%s is not listed in the manifest and no build of this "
+                                       "directory left it there; leaving it alone (the loader "
+                                       "ignores it, `shardtools verify` reports it)", name)
+        for folder in (self.dataset_dir, self.dataset_dir / STATS_DIR):
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if TEMP_MARK in path.name:
+                        self._remove(path, path.name)
+
+    def _remove(self, path: Path, name: str) -> None:
+        logger.warning("removing %s, left by an interrupted build; its work is done again", name)
+        path.unlink()
+        self.removed_leftovers.append(name)
+
+    def _check_listed_on_disk(self) -> None:
+        # A cheap stat per shard: a listed shard that is gone or cut is not something a
+        # build can repair (its samples' splits are fixed), but the user must hear of it.
+        for name, entry in self.listed_shards().items():
+            path = self.dataset_dir / name
+            size = path.stat().st_size if path.exists() else None
+            if size != entry["num_bytes"]:
+                found = "missing" if size is None else f"{size} bytes"
+                logger.warning("listed shard %s is %s, the manifest says %d bytes; run "
+                               "`shardtools verify %s`", name, found, entry["num_bytes"],
+                               self.dataset_dir)
+
+    def _mark_interrupted(self) -> None:
+        for entry in self.manifest["builds"]:
+            if entry.get("status") == "running":
+                entry["status"] = "interrupted"
+                self.interrupted.append(entry["build"])
+                logger.warning("build %d did not finish (killed or crashed): its %d listed "
+                               "shards are kept; this build does the rest of its work",
+                               entry["build"], len(entry.get("new_shards", [])))
 
     def _load_previous_ledger(self) -> None:
         path = self.dataset_dir / LEDGER
@@ -215,14 +278,31 @@ class DatasetState:
         self.classes.save(self.dataset_dir / CLASSES)
         self.manifest["num_classes"] = len(self.classes)
 
-    def list_shard(self, split: str, closed: ClosedShard, build_id: int) -> None:
+    def build_entry(self, build_id: int, started: str) -> dict:
+        """This build's entry in the history, created ("running") on first use."""
+        builds = self.manifest["builds"]
+        if not builds or builds[-1]["build"] != build_id:
+            builds.append({"build": build_id, "started": started, "status": "running",
+                           "new_shards": []})
+        return builds[-1]
+
+    def list_shard(self, split: str, closed: ClosedShard, build_id: int, started: str) -> None:
         """Make a renamed shard part of the dataset: index line first, then the manifest."""
         line = {"shard": closed.name, "split": split, "sha256": closed.sha256,
                 "samples": [list(s) for s in closed.samples]}
+        data = json.dumps(line, separators=(",", ":")).encode() + b"\n"
         with open(self.dataset_dir / SHARD_INDEX, "ab") as stream:
-            stream.write(json.dumps(line, separators=(",", ":")).encode() + b"\n")
+            if crashpoints.due("index:torn"):
+                # Leave the half line a kill in the middle of this write would leave.
+                stream.write(data[: len(data) // 2])
+                stream.flush()
+                os.fsync(stream.fileno())
+                crashpoints.crash_now("index:torn")
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        crashpoints.reach("index:appended")  # indexed, not yet listed
+        self.build_entry(build_id, started)["new_shards"].append(closed.name)
         split_entry = self.manifest["splits"][split]
         split_entry["shards"].append({"name": closed.name, "num_samples": closed.num_samples,
                                       "num_bytes": closed.num_bytes, "sha256": closed.sha256,
@@ -235,6 +315,7 @@ class DatasetState:
             self.written[key] = WrittenSample(key, split, closed.name, class_id, content_sha)
             self.by_content.setdefault(content_sha, key)
         self.save_manifest()
+        crashpoints.reach("shard:listed")
 
     def save_manifest(self) -> None:
         write_json_atomic(self.dataset_dir / MANIFEST, self.manifest)
@@ -251,3 +332,54 @@ class DatasetState:
         path = folder / f"build-{build_id:04d}.json"
         write_json_atomic(path, stats)
         return path
+
+
+def next_shard_index(manifest: dict, split: str) -> int:
+    numbers = [shard_number(Path(entry["name"]).name, split)
+               for entry in manifest["splits"].get(split, {}).get("shards", [])]
+    return max((n for n in numbers if n is not None), default=-1) + 1
+
+
+def _refuse_orphaned(dataset_dir: Path) -> None:
+    """Without a manifest nothing is listed, and opening would delete every shard as a
+    leftover. That is right only for what a first build killed before its first listing
+    can leave: at most one tar, numbered 0, and no ledger. Anything more means the manifest
+    was lost; stop rather than destroy the shards."""
+    tars = sorted(str(p.relative_to(dataset_dir)) for p in dataset_dir.glob("*/*.tar")
+                  if SHARD_NAME.match(p.name))
+    first_build_leftover = len(tars) <= 1 and all(
+        shard_number(Path(t).name, Path(t).parent.name) == 0 for t in tars)
+    if (dataset_dir / LEDGER).exists() or not first_build_leftover:
+        found = f"{len(tars)} shards" + (" and a ledger" if (dataset_dir / LEDGER).exists() else "")
+        raise DatasetError(
+            f"{dataset_dir} holds {found} but no {MANIFEST}; the manifest alone says which "
+            "shards are complete, so a build will not touch them. Restore the manifest, or "
+            "build into another directory")
+
+
+def lock_holder(dataset_dir: Path) -> tuple[str, str] | None:
+    """(who, state) from a lock file that still names a build, else None. A clean exit
+    empties the file; text left there is a build running now or one that was killed."""
+    try:
+        text = (Path(dataset_dir) / LOCK).read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    if not text:
+        return None
+    parts = text.split()
+    state = "it may still be running"
+    ours = len(parts) >= 4 and parts[0] == "pid" and parts[1].isdigit() \
+        and parts[3] == socket.gethostname()
+    if ours:
+        state = "running now" if _alive(int(parts[1])) else "that process is gone: killed or crashed"
+    return text, state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

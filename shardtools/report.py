@@ -9,6 +9,11 @@ def format_summary(summary: BuildSummary) -> str:
     s = summary
     lines = [f"build of {s.dataset_dir}: {s.records:,} records, {s.samples:,} distinct URLs "
              f"in {s.wall_s:.1f} s"]
+    if s.resumed_builds:
+        ids = ", ".join(str(b) for b in s.resumed_builds)
+        lines.append(f"  resumed after interrupted build {ids}: its listed shards were kept"
+                     + (f", {len(s.removed_leftovers)} unfinished files removed"
+                        if s.removed_leftovers else ""))
     if not s.changed:
         lines.append("  nothing new to write; the dataset is unchanged")
     else:
@@ -24,6 +29,9 @@ def format_summary(summary: BuildSummary) -> str:
     if s.duplicate_content:
         lines.append(f"  {s.duplicate_content:,} URLs return bytes identical to another sample; "
                      "kept once (ledger note: duplicate_content)")
+    if s.duplicate_label_conflicts:
+        lines.append(f"  {s.duplicate_label_conflicts:,} of those have another label than the "
+                     "sample they duplicate; its label is kept (ledger: label_conflict)")
     if s.pending_records:
         lines.append(f"  pending: {s.pending_records:,} records ({_reasons(s.pending_by_reason)}); "
                      "run the build again later to fetch them")

@@ -16,12 +16,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import crashpoints
 from .atomic import fsync_dir, temp_path_for
 
 SHARD_NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<index>\d{6,})\.tar$")
 # Keys become tar member stems; WebDataset splits a member name at its first dot, and a
 # slash would make a folder. Our keys are md5 hex, but check what reaches the writer.
 SAFE_KEY = re.compile(r"^[a-z0-9_-]+$")
+
+
+def shard_number(filename: str, split: str) -> int | None:
+    """The index in a shard's file name, or None when it is not a shard name of `split`."""
+    match = SHARD_NAME.match(filename)
+    if match is None or match["split"] != split:
+        return None
+    return int(match["index"])
 
 
 def shard_name(split: str, index: int) -> str:
@@ -107,6 +116,7 @@ class SplitShardWriter:
             info.mtime = self.mtime
             info.mode = 0o444
             self._tar.addfile(info, io.BytesIO(data))
+            crashpoints.reach("shard:member")
         self._samples.append((sample.key, sample.class_id, sample.content_sha256))
         return self._name
 
@@ -118,9 +128,11 @@ class SplitShardWriter:
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
+        crashpoints.reach("shard:synced")
         final = self.dataset_dir / self._name
         os.replace(self._temp, final)
         fsync_dir(final.parent)
+        crashpoints.reach("shard:renamed")  # on disk, not yet listed
         closed = ClosedShard(self._name, len(self._samples), self._hashing.num_bytes,
                              self._hashing.sha256.hexdigest(), self._samples)
         self._tar = None
