@@ -1,4 +1,10 @@
-"""Accuracy that is exact across ranks: correct and total are summed, not averaged."""
+"""Accuracy that is exact across ranks: correct and total are summed, not averaged.
+
+Ranks may hold different numbers of evaluation batches (every sample once does not divide
+evenly), so nothing here talks to other ranks per batch: a DistributedDataParallel model
+is unwrapped (its forward may broadcast buffers, which would wait on a rank that has run
+out), and the single all_reduce comes after every rank's own loop.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from .normalize import normalize
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict:
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        model = model.module
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, loss sum
     for images, labels in loader:

@@ -6,36 +6,80 @@ Batches are assembled inside the workers; the DataLoader only moves them.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from .stream import ShardStream, read_split
 
+logger = logging.getLogger(__name__)
+
+
+class ShardLoader(DataLoader):
+    """A DataLoader that starts each pass at the right epoch.
+
+    `set_epoch(e)` before a pass chooses the epoch; a pass without it takes the next one,
+    so the shard order changes every epoch even when the caller forgets.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+    @property
+    def skipped(self) -> int:
+        return self.dataset.skipped
+
+    def __iter__(self):
+        self.dataset.begin_epoch()  # before the workers (persistent or new) start the pass
+        return super().__iter__()
+
+    def close(self) -> None:
+        """Stop persistent workers now rather than whenever the loader is collected."""
+        iterator, self._iterator = self._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
 
 def make_loader(dataset_dir, split: str, *, batch_size: int = 64, num_workers: int = 2,
                 image_size: int = 224, training: bool | None = None, seed: int = 0,
                 shuffle_buffer: int = 1000, pin_memory: bool | None = None,
-                persistent_workers: bool = False) -> DataLoader:
-    """Train (`training` defaults to split == "train"): shuffled, random crops and flips,
-    the same number of batches on every rank. Val/test: every sample once across all ranks
-    and workers, centre crops, fixed order. Yields (uint8 images NCHW, int64 labels);
-    call `loader.dataset.set_epoch(epoch)` before each training epoch.
+                persistent_workers: bool | None = None, prefetch_factor: int = 2,
+                rank: int | None = None, world_size: int | None = None,
+                keys: bool = False) -> ShardLoader:
+    """Train (`training` defaults to split == "train"): shuffled shards and samples, random
+    crops and flips, exactly `len(loader)` full batches on every rank. Val/test: every
+    sample once across all ranks and workers, centre crops, fixed order, partial batches.
+    Yields (uint8 images N x 3 x image_size x image_size, int64 labels), plus the list of
+    sample keys when `keys` is true.
+
+    Rank and world size come from torch.distributed when it is initialised.
+    `persistent_workers` defaults to on for training (no restart stall at each epoch).
     """
     if training is None:
         training = split == "train"
-    rank, world_size = (dist.get_rank(), dist.get_world_size()) if _distributed() else (0, 1)
+    if (rank is None) != (world_size is None):
+        raise ValueError("pass both rank and world_size, or neither")
+    if rank is None:
+        distributed = dist.is_available() and dist.is_initialized()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     paths, sizes, _ = read_split(dataset_dir, split)
     stream = ShardStream(paths, sizes, training=training, batch_size=batch_size,
                          image_size=image_size, num_workers=num_workers, rank=rank,
                          world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer,
-                         split_name=f"{dataset_dir}:{split}")
+                         split_name=f"{dataset_dir}:{split}", keys=keys)
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    return DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
-                      persistent_workers=persistent_workers and num_workers > 0,
-                      prefetch_factor=4 if num_workers > 0 else None)
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    if persistent_workers is None:
+        persistent_workers = training
+    return ShardLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+                       persistent_workers=persistent_workers and num_workers > 0,
+                       prefetch_factor=prefetch_factor if num_workers > 0 else None)

@@ -1,18 +1,17 @@
 """An IterableDataset over one split's shards, correct on every rank and worker.
 
-Assignment. The shard list (shuffled per epoch for training: seeded by seed and epoch,
-so every rank and worker computes the same order) is dealt to global workers
-`rank * num_workers + worker`. When there are fewer shards than global workers, every
-worker reads every shard and keeps every G-th sample instead, so no worker sits idle and
-no sample is read twice in an epoch (at the price of more reading); a warning says so.
+Assignment comes from `plan.plan_epoch` (see there): every process computes the same plan
+from the manifest's counts, the seed and the epoch, so no shard goes to two workers in an
+epoch when there are enough shards, and samples are strided exactly when there are not.
 
-Counts. Training yields exactly `len(self)` batches on every rank, computed from the
-manifest's sample counts, cycling through the worker's shards again if they run short,
-so collective operations never wait on a rank that ran out. Evaluation yields every
-sample exactly once, in a fixed order, with a partial last batch per worker.
+Counts. Training yields exactly `len(self)` batches per rank, the same on every rank; the
+rank's quota is split over its workers in proportion to their samples, and a worker that
+runs short reads its own shards again. Evaluation yields every sample exactly once, in a
+fixed order, with a partial last batch per worker.
 
-Safety. Only the members we know are decoded (jpg, cls); nothing is unpickled. A damaged
-shard is logged with its name and skipped; `skipped` counts what was lost.
+Damage. A damaged shard is logged (name, byte offset, reason) and the rest of it skipped;
+`skipped` counts the samples lost, over all workers. Only image, class and metadata
+members are read, as bytes; nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -20,19 +19,21 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
-import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .transforms import center_crop, decode_rgb, random_resized_crop
+from . import plan
+from .tarread import DamagedShard, ReadReport, open_shard, read_samples
+from .transforms import eval_view, train_view
 
 logger = logging.getLogger(__name__)
 
-_KNOWN_MEMBERS = ("jpg", "cls", "json")
+_warned: set = set()  # (split, group size) already warned about in this process
+_damage_logged: set = set()  # shard paths already reported as damaged by this process
 
 
 def read_split(dataset_dir: str | Path, split: str) -> tuple[list[str], list[int], dict]:
@@ -45,7 +46,7 @@ def read_split(dataset_dir: str | Path, split: str) -> tuple[list[str], list[int
     if split not in manifest["splits"]:
         raise ValueError(f"{dataset_dir} has no split {split!r}; it has "
                          f"{', '.join(manifest['splits'])}")
-    shards = manifest["splits"][split]["shards"]
+    shards = [s for s in manifest["splits"][split]["shards"] if s["num_samples"] > 0]
     return ([str(dataset_dir / s["name"]) for s in shards], [s["num_samples"] for s in shards],
             manifest)
 
@@ -54,201 +55,268 @@ class ShardStream(IterableDataset):
     def __init__(self, shard_paths: list[str], shard_sizes: list[int], *, training: bool,
                  batch_size: int, image_size: int, num_workers: int, rank: int = 0,
                  world_size: int = 1, seed: int = 0, shuffle_buffer: int = 1000,
-                 split_name: str = "split"):
+                 split_name: str = "split", keys: bool = False):
         if not shard_paths:
             raise ValueError(f"{split_name} has no shards; build the dataset first")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
         self.shard_paths = list(shard_paths)
         self.shard_sizes = list(shard_sizes)
         self.training = training
         self.batch_size = batch_size
         self.image_size = image_size
-        self.num_workers = max(1, num_workers)
+        self.num_workers = max(1, num_workers)  # 0 workers: the main process is the one
         self.rank = rank
         self.world_size = world_size
         self.seed = seed
         self.shuffle_buffer = shuffle_buffer
         self.split_name = split_name
-        self._epoch = multiprocessing.Value("i", 0)     # shared with workers, even persistent ones
-        self._skipped = multiprocessing.Value("i", 0)
-        num_global = self.world_size * self.num_workers
-        self.sample_striding = len(self.shard_paths) < num_global
-        if self.sample_striding:
-            logger.warning("%s: %d shards for %d ranks x %d workers; every worker reads all "
-                           "shards and keeps its share of samples (more I/O). Build smaller "
-                           "shards (build.shard_max_samples) or use fewer workers to avoid it.",
-                           split_name, len(self.shard_paths), world_size, self.num_workers)
+        self.keys = keys  # also yield each batch's sample keys (for tests, audits, exports)
+        # Shared memory, so set_epoch reaches persistent workers and workers' counts add up.
+        self._epoch = multiprocessing.Value("q", 0)
+        self._skipped = multiprocessing.Value("q", 0)
+        self._stats = multiprocessing.Array("q", 3 * self.num_workers)  # rss kB, peak kB, shards
+        self._epoch_chosen = False
+        self._iterations = 0
         total = sum(self.shard_sizes)
-        if training:
-            self.batches_per_rank = total // (world_size * batch_size)
-            if self.batches_per_rank == 0:
-                raise ValueError(f"{split_name}: {total} samples are fewer than one batch of "
-                                 f"{batch_size} per rank x {world_size} ranks; lower batch_size")
+        if training and plan.batches_per_rank(total, world_size, batch_size) == 0:
+            raise ValueError(f"{split_name}: {total} samples are fewer than one batch of "
+                             f"{batch_size} per rank x {world_size} ranks; lower batch_size")
+        self._warn_if_few_shards()
 
     # --- public --------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shard order for the next iteration (training); workers see it too."""
         self._epoch.value = epoch
+        self._epoch_chosen = True
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.value
+
+    def begin_epoch(self) -> int:
+        """Called by the loader before each pass: without set_epoch, the epoch advances,
+        so forgetting set_epoch no longer repeats the same order every epoch."""
+        if self._iterations and not self._epoch_chosen:
+            self._epoch.value += 1
+        self._epoch_chosen = False
+        self._iterations += 1
+        return self._epoch.value
 
     @property
     def skipped(self) -> int:
-        """Samples lost to damaged shards so far, over all workers."""
+        """Samples lost to damage so far (each pass that lost them counts), over all workers."""
         return self._skipped.value
+
+    def worker_stats(self) -> list[dict]:
+        """Per worker of this rank, at the end of its last pass: RSS, peak RSS, open shards."""
+        values = list(self._stats)
+        return [{"rss_kb": values[3 * w], "peak_rss_kb": values[3 * w + 1],
+                 "open_shards": values[3 * w + 2]} for w in range(self.num_workers)]
 
     def __len__(self) -> int:
         if self.training:
-            return self.batches_per_rank
-        return sum(-(-n // self.batch_size) for n in self._eval_counts_per_worker())
+            return plan.batches_per_rank(sum(self.shard_sizes), self.world_size, self.batch_size)
+        return sum(-(-p.num_samples // self.batch_size) for p in self._rank_parts(0))
 
     def __iter__(self):
         info = get_worker_info()
-        worker = info.id if info is not None else 0
-        global_worker = self.rank * self.num_workers + worker
         epoch = self._epoch.value
-        if self.training:
-            yield from self._train_batches(global_worker, worker, epoch)
-        else:
-            yield from self._batches(self._eval_samples(global_worker), partial=True)
+        if info is None:
+            # Iterated in the main process (num_workers=0, or by hand): be every worker of
+            # this rank in turn, so the rank still gets its whole share.
+            for worker in range(self.num_workers):
+                yield from self._worker_batches(worker, epoch)
+            return
+        if info.num_workers != self.num_workers:
+            raise ValueError(f"{self.split_name}: planned for {self.num_workers} workers but the "
+                             f"DataLoader has {info.num_workers}; pass the same num_workers to both "
+                             "(make_loader does)")
+        try:
+            yield from self._worker_batches(info.id, epoch)
+        finally:
+            self._record_stats(info.id)
 
-    # --- assignment ----------------------------------------------------------------------
+    # --- planning ------------------------------------------------------------------------
 
-    def _num_global(self) -> int:
-        return self.world_size * self.num_workers
+    def _rank_parts(self, epoch: int) -> list[plan.WorkerPart]:
+        parts = plan.plan_epoch(self.shard_sizes, world_size=self.world_size,
+                                num_workers=self.num_workers, seed=self.seed, epoch=epoch,
+                                training=self.training, batch_size=self.batch_size)
+        return parts[self.rank * self.num_workers:(self.rank + 1) * self.num_workers]
 
-    def _shard_order(self, epoch: int, cycle: int = 0) -> list[int]:
-        order = list(range(len(self.shard_paths)))
-        if self.training:
-            random.Random(f"{self.seed}:{epoch}:{cycle}").shuffle(order)
-        return order
-
-    def _my_shards(self, order: list[int], global_worker: int) -> list[int]:
-        if self.sample_striding:
-            return order
-        return order[global_worker::self._num_global()]
-
-    def _eval_counts_per_worker(self) -> list[int]:
-        """Samples each of this rank's workers yields in evaluation (for __len__)."""
-        counts = []
-        for worker in range(self.num_workers):
-            global_worker = self.rank * self.num_workers + worker
-            if self.sample_striding:
-                total = sum(self.shard_sizes)
-                counts.append(len(range(global_worker, total, self._num_global())))
-            else:
-                mine = self._my_shards(self._shard_order(0), global_worker)
-                counts.append(sum(self.shard_sizes[i] for i in mine))
-        return counts
+    def _warn_if_few_shards(self) -> None:
+        size = plan.group_size(len(self.shard_paths), self.world_size, self.num_workers)
+        key = (self.split_name, size)
+        # Once per run: only rank 0 speaks, once per process and split.
+        if size == 1 or self.rank != 0 or key in _warned:
+            return
+        _warned.add(key)
+        logger.warning(
+            "%s: %d shards for %d ranks x %d workers; each shard is read by %d workers, which "
+            "keep every %d-th sample (correct, but %dx the reading). For one shard per worker, "
+            "build at least %d shards (lower build.shard_max_samples) or use num_workers <= %d.",
+            self.split_name, len(self.shard_paths), self.world_size, self.num_workers, size, size,
+            size, self.world_size * self.num_workers, max(1, len(self.shard_paths) // self.world_size))
 
     # --- reading -------------------------------------------------------------------------
 
-    def _samples(self, shard_indices: list[int], stride_of: int | None = None):
-        """Raw samples (dict with jpg/cls) from these shards, in order, damaged ones skipped."""
-        position = 0
-        for index in shard_indices:
-            path = self.shard_paths[index]
-            for sample in self._read_shard(path):
-                if stride_of is not None:
-                    keep = position % self._num_global() == stride_of
-                    position += 1
-                    if not keep:
-                        continue
+    def _worker_batches(self, worker: int, epoch: int):
+        part = self._rank_parts(epoch)[worker]
+        global_worker = self.rank * self.num_workers + worker
+        if not self.training:
+            yield from self._batches(self._part_samples(part), eval_view_fn(self.image_size),
+                                     partial=True)
+            return
+        if part.quota == 0:
+            return
+        rng = random.Random(f"samples:{self.seed}:{epoch}:{global_worker}")
+        view = train_view_fn(self.image_size, rng)
+        batches = self._batches(self._endless(part, global_worker, rng), view, partial=False)
+        try:
+            for _ in range(part.quota):
+                yield next(batches)
+        finally:
+            batches.close()  # closes the shard file now, not when the generator is collected
+
+    def _endless(self, part: plan.WorkerPart, global_worker: int, rng: random.Random):
+        """This worker's samples, shuffled, pass after pass; if none is readable, everyone's.
+
+        Each pass is shuffled on its own, so no sample comes back before all of the
+        worker's others have had their turn (a buffer fed across passes would repeat some).
+        """
+        fallback = False
+        while True:
+            produced = False
+            for sample in _buffer_shuffle(self._part_samples(part), self.shuffle_buffer, rng):
+                produced = True
                 yield sample
+            if produced:
+                continue
+            if fallback:
+                raise RuntimeError(f"{self.split_name}: no readable sample in any shard")
+            logger.warning("%s: worker %d found no readable sample in its shards; reading "
+                           "the other shards too to fill its batches", self.split_name,
+                           global_worker)
+            fallback = True
+            part = plan.WorkerPart(tuple(range(len(self.shard_paths))), 1, 0,
+                                   sum(self.shard_sizes), part.quota)
 
-    def _read_shard(self, path: str):
-        errors = []
+    def _part_samples(self, part: plan.WorkerPart):
+        """The samples of a part: its shards in order, every stride-th from phase."""
+        position = 0  # counted with the manifest's sizes, so damage cannot shift the stride
+        for index in part.shards:
+            size = self.shard_sizes[index]
+            first = (part.phase - position) % part.stride
+            for at, sample in enumerate(self._read_shard(index)):
+                if at >= first and (at - first) % part.stride == 0:
+                    yield sample
+            position += size
 
-        def note_error(exc: Exception) -> bool:
-            errors.append(exc)
-            return False  # stop reading this shard: past a broken header nothing is trustworthy
-
-        expected = self.shard_sizes[self.shard_paths.index(path)]
-        count = 0
-        with open(path, "rb") as tar_stream:  # ours to close, not the garbage collector's
-            files = wds.tariterators.tar_file_expander(
-                [{"url": path, "stream": tar_stream}], handler=note_error,
-                select_files=_is_known_member)
-            for sample in wds.tariterators.group_by_keys(files, handler=note_error):
-                if "jpg" not in sample or "cls" not in sample:
-                    errors.append(ValueError(f"sample {sample.get('__key__')!r} incomplete"))
-                    continue
-                count += 1
-                yield {"jpg": sample["jpg"], "cls": sample["cls"]}
-        if errors or count != expected:
-            lost = max(0, expected - count)
+    def _read_shard(self, index: int):
+        path, expected = self.shard_paths[index], self.shard_sizes[index]
+        report = ReadReport()
+        try:
+            with open_shard(path) as stream:  # ours to close, not the garbage collector's
+                for sample in read_samples(stream, report):
+                    if report.complete > expected:
+                        break  # more than listed: positions past the count belong to no one
+                    yield sample
+        except OSError as exc:
+            report.damage = report.damage or DamagedShard(report.offset,
+                                                          f"{type(exc).__name__}: {exc}")
+        lost = max(0, expected - report.complete)
+        if lost or report.damage or report.incomplete:
             with self._skipped.get_lock():
                 self._skipped.value += lost
-            logger.warning("damaged shard %s: read %d of %d samples, skipped the rest (%s)",
-                           path, count, expected, errors[0] if errors else "fewer samples than listed")
+            log = logger.warning if path not in _damage_logged else logger.debug
+            _damage_logged.add(path)  # once per process: training re-reads it every cycle
+            damage = report.damage or DamagedShard(
+                report.offset, f"holds {report.complete} complete samples, the manifest lists {expected}")
+            log("damaged shard %s at byte %d: %s; read %d of %d samples, skipped %d%s", path,
+                damage.offset, damage.reason, min(report.complete, expected), expected, lost,
+                           f" (incomplete: {', '.join(report.incomplete[:3])})"
+                           if report.incomplete else "")
 
-    def _eval_samples(self, global_worker: int):
-        order = self._shard_order(0)
-        if self.sample_striding:
-            return self._samples(order, stride_of=global_worker)
-        return self._samples(self._my_shards(order, global_worker))
-
-    def _train_batches(self, global_worker: int, worker: int, epoch: int):
-        # This rank's batches are dealt to its workers; DataLoader takes them round-robin.
-        quota = self.batches_per_rank // self.num_workers + (
-            worker < self.batches_per_rank % self.num_workers)
-        if quota == 0:
-            return
-        rng = random.Random(f"{self.seed}:{epoch}:{global_worker}")
-
-        def endless():
-            cycle = 0
-            while True:
-                order = self._shard_order(epoch, cycle)
-                if self.sample_striding:
-                    source = self._samples(order, stride_of=global_worker)
-                else:
-                    source = self._samples(self._my_shards(order, global_worker))
-                produced = False
-                for sample in source:
-                    produced = True
-                    yield sample
-                if not produced:
-                    raise RuntimeError(f"{self.split_name}: worker {global_worker} found no "
-                                       "readable sample in its shards")
-                cycle += 1
-
-        batches = self._batches(_buffer_shuffle(endless(), self.shuffle_buffer, rng), partial=False,
-                                rng=rng)
-        for _ in range(quota):
-            yield next(batches)
-
-    def _batches(self, samples, partial: bool, rng: random.Random | None = None):
-        images = np.empty((self.batch_size, self.image_size, self.image_size, 3), np.uint8)
-        labels = np.empty(self.batch_size, np.int64)
-        filled = 0
+    def _batches(self, samples, view, partial: bool):
+        size = self.image_size
+        images, labels, keys, filled = None, None, [], 0
         for sample in samples:
+            if images is None:
+                images, labels = _new_batch(self.batch_size, size)
+                keys = []
             try:
-                image = decode_rgb(sample["jpg"], self.image_size)
-                if self.training:
-                    images[filled] = random_resized_crop(image, self.image_size, rng)
-                else:
-                    images[filled] = center_crop(image, self.image_size)
-                labels[filled] = int(sample["cls"])
-            except (OSError, ValueError, SyntaxError) as exc:
+                label = int(sample["cls"])
+                images[filled] = view(sample["image"])
+            except (OSError, ValueError, SyntaxError, RuntimeError) as exc:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
-                logger.warning("skipping undecodable sample: %s", exc)
+                logger.warning("%s: skipping sample %s that does not decode: %s",
+                               self.split_name, sample.get("__key__"), exc)
                 continue
+            labels[filled] = label
+            keys.append(sample["__key__"])
             filled += 1
             if filled == self.batch_size:
-                yield _to_tensors(images, labels, filled)
-                filled = 0
+                yield (images, labels, keys) if self.keys else (images, labels)
+                images, filled = None, 0
         if partial and filled:
-            yield _to_tensors(images, labels, filled)
+            images, labels = images[:filled].clone(), labels[:filled].clone()
+            yield (images, labels, keys) if self.keys else (images, labels)
+
+    def _record_stats(self, worker: int) -> None:
+        rss, hwm = _memory_kb()
+        self._stats[3 * worker:3 * worker + 3] = [rss, hwm, _open_shard_files()]
 
 
-def _is_known_member(name: str) -> bool:
-    return name.rpartition(".")[2] in _KNOWN_MEMBERS
+def train_view_fn(size: int, rng: random.Random):
+    return lambda data: train_view(data, size, rng)
 
 
-def _to_tensors(images: np.ndarray, labels: np.ndarray, count: int):
-    # NCHW uint8, copied out of the reused buffer; normalise on the device.
-    batch = torch.from_numpy(images[:count].copy()).permute(0, 3, 1, 2).contiguous()
-    return batch, torch.from_numpy(labels[:count].copy())
+def eval_view_fn(size: int):
+    return lambda data: eval_view(data, size)
+
+
+def _new_batch(batch_size: int, size: int):
+    # N x 3 x H x W in channels-last memory: decoders and the resize kernel produce HWC,
+    # so filling it is a plain copy, and convolutions on CPU and GPU prefer this layout.
+    images = torch.empty((batch_size, size, size, 3), dtype=torch.uint8)
+    labels = torch.empty(batch_size, dtype=torch.int64)
+    if get_worker_info() is not None:
+        # Allocated in shared memory up front, as torch's own collate does, so sending the
+        # batch to the main process does not copy it again.
+        images.share_memory_()
+        labels.share_memory_()
+    return images.permute(0, 3, 1, 2), labels
+
+
+def _open_shard_files() -> int:
+    """Tar files this process holds open (-1 where /proc is missing): 0 between passes."""
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return -1
+    count = 0
+    for name in names:
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").endswith(".tar")
+        except OSError:
+            pass  # closed meanwhile, e.g. the listing's own descriptor
+    return count
+
+
+def _memory_kb() -> tuple[int, int]:
+    """(current RSS, peak RSS) of this process in kB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak, peak
 
 
 def _buffer_shuffle(samples, buffer_size: int, rng: random.Random):

@@ -1,0 +1,274 @@
+"""Loader throughput, side by side on the same shards: `python benchmarks/loader.py`.
+
+Builds (once, under --workdir) a dataset from crops of real photos through shardtools'
+own build, from a md5(url).jpg cache this script fills, then measures samples per second:
+
+  (a) loaders.make_loader, with 1 and 2 workers;
+  (b) a plain WebDataset pipeline written the usual way (.decode("pil"), PIL crop/resize
+      and flip, float tensor), same workers;
+  (c) the predecessor's way: a map-style Dataset over the JSONL and the cache files at
+      their original size, PIL decode and resize every step, same workers;
+  (d) the decode floor: one process that only decodes each stored JPEG, with the fastest
+      decoder installed.
+
+Rates count samples after the first batch (steady state, worker start-up excluded) and
+peak memory is each worker's VmHWM. It prints a table and the ratios; it asserts nothing.
+`--profile` runs pyinstrument over (a) in the main process instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import io
+import json
+import math
+import os
+import random
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from loaders import make_loader  # noqa: E402
+from loaders import transforms as loader_transforms  # noqa: E402
+from shardtools.build import run_build  # noqa: E402
+from shardtools.cache import ImageCache  # noqa: E402
+from shardtools.config import config_from_dict  # noqa: E402
+
+
+def photo_dir() -> Path:
+    shared = REPO.parent / "shared" / "corpus" / "photos"
+    return shared if shared.is_dir() else REPO / "shardtools" / "demo" / "photos"
+
+
+# --- the dataset ------------------------------------------------------------------------
+
+def build(workdir: Path, samples: int, stored_size: int, classes: int) -> Path:
+    dataset = workdir / "dataset"
+    marker = workdir / f"built-{samples}-{stored_size}"
+    if marker.exists():
+        return dataset
+    photos = [Image.open(p).convert("RGB") for p in sorted(glob.glob(str(photo_dir() / "*.jpg")))]
+    rng = random.Random(0)
+    cache = ImageCache(workdir / "cache")
+    records = []
+    for i in range(samples):
+        # A distinct crop of a real photo, scaled back to the originals' ~640 px.
+        photo = photos[i % len(photos)]
+        w, h = photo.size
+        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = photo.crop((left, top, left + cw, top + ch))
+        scale = 640 / max(cw, ch)
+        crop = crop.resize((round(cw * scale), round(ch * scale)), Image.BILINEAR)
+        buffer = io.BytesIO()
+        crop.save(buffer, "JPEG", quality=90)
+        url = f"http://photos.invalid/bench/{i}.jpg"
+        cache.store(url, buffer.getvalue())
+        records.append({"image_url": url, "taxon_id": i % classes, "observation_id": i})
+    with open(workdir / "records.jsonl", "w") as stream:
+        stream.writelines(json.dumps(r) + "\n" for r in records)
+    settings = config_from_dict({"build": {
+        "records": ["records.jsonl"], "cache_dir": "cache", "output_dir": "dataset",
+        "url_field": "image_url", "label_field": "taxon_id", "group_field": "observation_id",
+        "splits": {"train": 1.0}, "shard_max_samples": 250,
+        "image": {"size": stored_size, "resize": "shorter_side", "quality": 90},
+        "fetch": {"requests_per_second": 1000, "burst": 50}}}, base_dir=workdir).build
+    run_build(settings)
+    marker.touch()
+    return dataset
+
+
+def shard_urls(dataset: Path) -> list[str]:
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    return [str(dataset / s["name"]) for s in manifest["splits"]["train"]["shards"]]
+
+
+# --- (b) and (c): the usual ways, in PIL ------------------------------------------------
+
+def pil_random_resized_crop(image: Image.Image, size: int, rng=random) -> Image.Image:
+    width, height = image.size
+    for _ in range(10):
+        area = width * height * rng.uniform(0.25, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= width and 0 < ch <= height:
+            left, top = rng.randint(0, width - cw), rng.randint(0, height - ch)
+            image = image.crop((left, top, left + cw, top + ch))
+            break
+    image = image.resize((size, size), Image.BILINEAR)
+    if rng.random() < 0.5:
+        image = image.transpose(Image.FLIP_LEFT_RIGHT)
+    return image
+
+
+def pil_to_tensor(image: Image.Image) -> torch.Tensor:
+    # What ToTensor does: HWC uint8 -> CHW float in [0, 1].
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div(255)
+
+
+def webdataset_loader(urls, batch_size, workers, size):
+    import webdataset as wds
+
+    pipeline = (wds.WebDataset(urls, shardshuffle=len(urls), workersplitter=wds.split_by_worker,
+                               nodesplitter=wds.split_by_node, empty_check=False)
+                .shuffle(1000).decode("pil").to_tuple("jpg", "cls")
+                .map_tuple(lambda im: pil_to_tensor(pil_random_resized_crop(im, size)), int)
+                .batched(batch_size, partial=False))
+    return DataLoader(pipeline, batch_size=None, num_workers=workers)
+
+
+class CacheDataset(Dataset):
+    """The predecessor: JSONL records, md5(url).jpg files, decode and resize every step."""
+
+    def __init__(self, records_path: Path, cache: ImageCache, size: int):
+        self.records = [json.loads(line) for line in open(records_path)]
+        self.cache = cache
+        self.size = size
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, index):
+        record = self.records[index]
+        image = Image.open(self.cache.path_for(record["image_url"])).convert("RGB")
+        return pil_to_tensor(pil_random_resized_crop(image, self.size)), record["taxon_id"]
+
+
+def predecessor_loader(workdir, batch_size, workers, size):
+    dataset = CacheDataset(workdir / "records.jsonl", ImageCache(workdir / "cache"), size)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                      drop_last=True)
+
+
+# --- measuring --------------------------------------------------------------------------
+
+def worker_peaks_mb(iterator, peaks: dict) -> dict:
+    """Update {pid: peak MB} with the live workers' VmHWM."""
+    for worker in getattr(iterator, "_workers", []):
+        try:
+            with open(f"/proc/{worker.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        peak = int(line.split()[1]) / 1024
+                        peaks[worker.pid] = max(peak, peaks.get(worker.pid, 0))
+        except OSError:
+            pass  # already gone
+    return peaks
+
+
+def measure(loader) -> tuple[float, list[float]]:
+    iterator = iter(loader)
+    next(iterator)  # start-up and the first batch are not steady state
+    started, count, peaks = time.perf_counter(), 0, {}
+    for batch in iterator:
+        count += len(batch[1])
+        worker_peaks_mb(iterator, peaks)  # workers exit with the last batch: sample them now
+    rate = count / (time.perf_counter() - started)
+    peaks = list(peaks.values())
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown:
+        shutdown()
+    return rate, peaks
+
+
+def stored_jpegs(dataset: Path) -> list[bytes]:
+    out = []
+    for url in shard_urls(dataset):
+        with tarfile.open(url) as tar:
+            out += [tar.extractfile(m).read() for m in tar if m.name.endswith(".jpg")]
+    return out
+
+
+def decode_floor(jpegs: list[bytes]) -> dict[str, float]:
+    rates = {}
+
+    def pil_decode(data):
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+
+    decoders = {"pillow": pil_decode}
+    if loader_transforms.simplejpeg is not None:
+        decoders["simplejpeg"] = lambda data: loader_transforms.simplejpeg.decode_jpeg(data)
+    for name, decode in decoders.items():
+        started = time.perf_counter()
+        for data in jpegs:
+            decode(data)
+        rates[name] = len(jpegs) / (time.perf_counter() - started)
+    return rates
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--stored-size", type=int, default=256, help="build image.size")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "shardtools-bench"))
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # as in DataLoader workers; the main process only receives
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    dataset = build(workdir, args.samples, args.stored_size, classes=50)
+    print(f"dataset: {args.samples} samples from {photo_dir()} (built/reused in "
+          f"{time.perf_counter() - started:.1f} s), stored shorter side {args.stored_size}, "
+          f"training size {args.image_size}, batch {args.batch_size}; decoder in the loader: "
+          f"{loader_transforms.decoder_name()}; {os.cpu_count()} CPUs")
+
+    def ours(workers):
+        return make_loader(dataset, "train", batch_size=args.batch_size, num_workers=workers,
+                           image_size=args.image_size, persistent_workers=False)
+
+    if args.profile:
+        from pyinstrument import Profiler
+
+        profiler = Profiler()
+        with profiler:
+            measure(ours(0))
+        print(profiler.output_text(unicode=False, color=False, show_all=False))
+        return 0
+
+    rows = []
+    floor = decode_floor(stored_jpegs(dataset))
+    best = max(floor, key=floor.get)
+    for name, rate in floor.items():
+        rows.append((f"(d) decode only, {name}", 0, rate, rate, []))
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for label, loader in (
+                ("(a) loaders.make_loader", ours(workers)),
+                ("(b) webdataset + PIL", webdataset_loader(shard_urls(dataset), args.batch_size,
+                                                           workers, args.image_size)),
+                ("(c) predecessor (cache)", predecessor_loader(workdir, args.batch_size, workers,
+                                                               args.image_size))):
+            rate, peaks = measure(loader)
+            rows.append((label, workers, rate, rate / max(1, workers), peaks))
+
+    print(f"\n{'pipeline':<30}{'workers':>8}{'samples/s':>11}{'per worker':>12}  peak RSS per worker")
+    for label, workers, rate, per_worker, peaks in rows:
+        memory = ", ".join(f"{p:.0f} MB" for p in peaks) or "-"
+        print(f"{label:<30}{workers:>8}{rate:>11.0f}{per_worker:>12.0f}  {memory}")
+    by = {(label[:3], workers): rate for label, workers, rate, _, _ in rows}
+    print(f"\nratios (decode floor: {best}, {floor[best]:.0f} samples/s in one process)")
+    for workers in sorted({w for _, w, _, _, _ in rows if w}):
+        a = by[("(a)", workers)]
+        print(f"  {workers} worker(s): (a) per worker / (d) = {a / workers / floor[best]:.2f} "
+              f"(target >= 0.75);  (a)/(b) = {a / by[('(b)', workers)]:.2f} (>= 1.5);  "
+              f"(a)/(c) = {a / by[('(c)', workers)]:.2f} (>= 3)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
