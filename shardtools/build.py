@@ -1,8 +1,14 @@
 """The build: records and cache in, shards, manifest, class index and ledger out.
 
-    read records -> collapse to samples -> skip those already written -> assign split and
-    class -> resolve each image (cache, else fetcher) and check it, in threads -> write, in
-    input order, to the split's shard writer -> list each closed shard -> ledger, stats.
+    index the records (one compact entry per URL) -> skip URLs already written -> assign
+    split and class -> stream the records again, resolving each new URL's image (cache,
+    else fetcher) and checking it in threads -> write, in input order, to the split's
+    shard writer -> list each closed shard -> stream the records a last time into the
+    ledger -> stats.
+
+Memory: records are streamed, never held. What grows with the input is one small entry
+per URL (`_Entry`, about 200 bytes with its key) plus one per written sample
+(`WrittenSample`); images live only while in flight, in a bounded window.
 
 Every record ends in the ledger as written, pending or rejected. Pending records (host in
 a cache-only window, transient network trouble) are tried again by the next build, or by
@@ -28,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import crashpoints
-from .cache import ImageCache
-from .dataset import DatasetLock, DatasetState
+from .cache import ImageCache, url_key
+from .dataset import LEDGER, DatasetLock, DatasetState, content_key, iter_ledger
 from .errors import ImageRejected, RecordError
 from .fetch import SYSTEM_CLOCK, Clock, Fetcher
 from .imaging.check import ProcessedImage
-from .records import read_records
-from .samples import Sample, collapse
+from .progress import LogProgress, Progress
+from .records import Record, read_records
 from .settings import BuildSettings
 from .shards import ClosedShard, ShardSample, SplitShardWriter
 from .splits import split_for
@@ -47,7 +53,21 @@ logger = logging.getLogger(__name__)
 _REFETCH_CACHE_REASONS = frozenset({"truncated", "not_an_image", "decode_error"})
 # Network rejections that a later build would only repeat; other rejections are re-checked.
 _STICKY_REJECTIONS = ("http_", "redirect_loop", "unsupported_scheme", "too_large", "invalid_url")
-_PROGRESS_EVERY_S = 10.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    """What a build keeps per URL between its passes over the records."""
+
+    key: str                   # md5(url): the same string object the index and writer use
+    first: int                 # position of the URL's first record (see _position)
+    label: str                 # the first record's label (shared string objects)
+    split: str | None
+    class_id: int | None = None
+    status: str | None = None  # None: to do | known | written | pending | rejected | duplicate
+    reason: str | None = None
+    source: str | None = None
+    twin: str | None = None    # duplicate: key of the written sample with the same bytes
 
 
 @dataclass
@@ -87,9 +107,16 @@ class BuildSummary:
     removed_leftovers: list[str] = field(default_factory=list)
     new_classes: int = 0
     written_by_split: dict[str, int] = field(default_factory=dict)
+    # Cache files that could not be read (downloaded instead) or written (shard still got
+    # the image).
+    cache_errors: int = 0
     fetch_counters: dict[str, int] = field(default_factory=dict)
     hosts: dict[str, dict] = field(default_factory=dict)
     wall_s: float = 0.0
+    # Samples resolved in this build (written, rejected, pending or duplicate) per second.
+    samples_per_s: float = 0.0
+    # Per split: new_samples and new_shards of this build, samples and shards in all.
+    splits: dict[str, dict] = field(default_factory=dict)
     stats_file: str | None = None
 
     @property
@@ -102,29 +129,38 @@ class BuildSummary:
         return 3 if self.pending_records else 0
 
 
-def run_build(settings: BuildSettings, clock: Clock = SYSTEM_CLOCK) -> BuildSummary:
+def run_build(settings: BuildSettings, clock: Clock = SYSTEM_CLOCK,
+              progress: Progress | None = None) -> BuildSummary:
     """Run one build over `settings`. Holds the dataset lock for its whole length."""
     dataset_dir = Path(settings.output_dir)
-    with DatasetLock(dataset_dir):
-        state = DatasetState.open(dataset_dir, settings.splits)
-        with Fetcher(settings.fetch, clock=clock) as fetcher, \
-                ImageWorkers(settings.image) as workers:
-            return _Build(settings, state, fetcher, workers, clock).run()
+    progress = progress if progress is not None else LogProgress()
+    try:
+        with DatasetLock(dataset_dir):
+            state = DatasetState.open(dataset_dir, settings.splits)
+            state.check_split_settings(settings.split_salt, settings.splits)
+            with Fetcher(settings.fetch, clock=clock) as fetcher, \
+                    ImageWorkers(settings.image) as workers:
+                return _Build(settings, state, fetcher, workers, clock, progress).run()
+    finally:
+        progress.close()
 
 
 class _Build:
     def __init__(self, settings: BuildSettings, state: DatasetState, fetcher: Fetcher,
-                 workers: ImageWorkers, clock: Clock):
+                 workers: ImageWorkers, clock: Clock, progress: Progress):
         self.settings = settings
         self.state = state
         self.fetcher = fetcher
         self.workers = workers
         self.clock = clock
+        self.progress = progress
         self.cache = ImageCache(settings.cache_dir)
         self.build_id = state.next_build_id()
         self.started_wall = time.time()
         self.started = clock.monotonic()
-        self.outcomes: dict[str, Outcome] = {}
+        self.index: dict[str, _Entry] = {}      # sample key -> entry, in first-seen order
+        self.sources = [str(Path(p)) for p in settings.records]  # as records.py names them
+        self.last_line: dict[str, int] = {}     # records file -> last line number read
         self.summary = BuildSummary(str(state.dataset_dir), self.build_id, changed=False)
         self.writers: dict[str, SplitShardWriter] = {}
         # Samples handed to a writer in this build: key -> class id. Their shard may not be
@@ -136,11 +172,11 @@ class _Build:
     # --- the steps, in order ------------------------------------------------------------
 
     def run(self) -> BuildSummary:
-        record_errors, samples = self._read()
-        todo = self._plan(samples)
+        todo = self._index()
+        self.progress.start(todo)
         try:
-            self._resolve_and_write(todo)
-            self._drain(todo)
+            self._resolve_and_write(wanted=None)
+            self._drain()
             for writer in self.writers.values():
                 writer.close()
             crashpoints.reach("build:shards_closed")
@@ -148,112 +184,123 @@ class _Build:
             for writer in self.writers.values():
                 writer.abandon()
             raise
-        rows = list(self._ledger_rows(record_errors, samples))
-        self._finish(rows)
+        self._finish()
         crashpoints.reach("build:done")
         return self.summary
 
-    def _read(self) -> tuple[list[RecordError], dict[str, Sample]]:
+    def _records(self):
+        """(position, Record or RecordError) over the whole input, streamed from disk."""
         s = self.settings
-        record_errors: list[RecordError] = []
-        good = []
+        source_number = {source: i for i, source in enumerate(self.sources)}
         for item in read_records(s.records, s.url_field, s.label_field, s.group_field):
-            if isinstance(item, RecordError):
-                record_errors.append(item)
-                logger.warning("skipping %s", item)
-            else:
-                good.append(item)
-        samples = collapse(good)
-        self.summary.records = len(good) + len(record_errors)
-        self.summary.samples = len(samples)
-        self.summary.label_conflicts = sum(len(x.conflicting) for x in samples.values())
-        for sample in samples.values():
-            for record in sample.conflicting:
-                logger.warning("label conflict: %s says %r but %s (first record of %s) says %r; "
-                               "keeping %r", record.record_id, record.label, sample.first.record_id,
-                               sample.url, sample.label, sample.label)
-        return record_errors, samples
+            source = item.source
+            line = item.line_number
+            if line > self.last_line.get(source, 0):
+                self.last_line[source] = line
+            yield _position(source_number[source], line), item
 
-    def _plan(self, samples: dict[str, Sample]) -> list[Sample]:
-        """Fix split and class of every sample; return those still to be written."""
+    def _record_id(self, position: int) -> str:
+        return f"{self.sources[position >> 32]}:{position & 0xFFFFFFFF}"
+
+    def _index(self) -> int:
+        """First pass: one entry per URL; split, class and fate known so far. Returns how
+        many samples are left to resolve."""
         state = self.state
+        labels: dict[str, str] = {}   # one string object per distinct label
+        splits = {name: name for name in self.settings.splits}
+        num_records = num_errors = 0
+        for position, item in self._records():
+            num_records += 1
+            if isinstance(item, RecordError):
+                num_errors += 1
+                logger.warning("skipping %s", item)
+                continue
+            key = url_key(item.url)
+            entry = self.index.get(key)
+            if entry is not None:
+                if item.label != entry.label:
+                    self.summary.label_conflicts += 1
+                    logger.warning("label conflict: %s says %r but the first record of %s (%s) "
+                                   "says %r; keeping %r", item.record_id, item.label, item.url,
+                                   self._record_id(entry.first), entry.label, entry.label)
+                continue
+            label = labels.setdefault(item.label, item.label)
+            written = state.written.get(key)
+            if written is not None:
+                self.index[key] = _Entry(key, position, label, written.split, written.class_id,
+                                         "known")
+                self.summary.already_written += 1
+                continue
+            group_key = f"group:{item.group}" if item.group is not None else f"url:{item.url}"
+            split = splits[split_for(group_key, self.settings.split_salt, self.settings.splits)]
+            entry = _Entry(key, position, label, split)
+            self.index[key] = entry
+            self._recall_previous_fate(key, item.record_id, entry)
+
         new_labels = state.classes.add_new(
-            x.label for x in samples.values() if x.key not in state.written)
+            e.label for e in self.index.values() if e.status != "known")
         self.summary.new_classes = len(new_labels)
         if new_labels or not (state.dataset_dir / "classes.json").exists():
             state.save_classes()  # before any shard refers to the new ids
-        todo = []
-        for sample in samples.values():
-            existing = state.written.get(sample.key)
-            if existing is not None:
-                sample.split, sample.class_id = existing.split, existing.class_id
-                self.summary.already_written += 1
-                continue
-            sample.split = split_for(sample.group_key, self.settings.split_salt, self.settings.splits)
-            sample.class_id = state.classes.id_of(sample.label)
-            if self._sticky_rejection(sample) or self._known_duplicate(sample):
-                continue
-            todo.append(sample)
-        logger.info("%d records, %d samples: %d already written, %d to do",
-                    self.summary.records, len(samples), self.summary.already_written, len(todo))
+        todo = 0
+        for entry in self.index.values():
+            if entry.status != "known":
+                entry.class_id = state.classes.id_of(entry.label)
+                if entry.status == "duplicate":
+                    self._note_duplicate_label(entry, None, entry.twin,
+                                               state.written[entry.twin].class_id, quiet=True)
+            if entry.status is None:
+                todo += 1
+        self.summary.records = num_records
+        self.summary.samples = len(self.index)
+        logger.info("%d records, %d samples: %d already written, %d to do", num_records,
+                    len(self.index), self.summary.already_written, todo)
         return todo
 
-    def _sticky_rejection(self, sample: Sample) -> bool:
-        previous = self.state.previous_ledger.get(sample.first.record_id)
-        if previous and previous.get("status") == "rejected" and previous.get("key") == sample.key:
-            reason = previous.get("reason") or ""
-            if reason.startswith(_STICKY_REJECTIONS):
-                self.outcomes[sample.key] = Outcome("rejected", reason, previous.get("source"))
-                return True
-        return False
+    def _recall_previous_fate(self, key: str, record_id: str, entry: _Entry) -> None:
+        """What the last build learnt that need not be learnt again: a network rejection
+        a retry would only repeat, or bytes known to duplicate a written sample."""
+        rejected = self.state.previous_rejections.get(record_id)
+        if rejected and rejected[0] == key and (rejected[1] or "").startswith(_STICKY_REJECTIONS):
+            entry.status, entry.reason, entry.source = "rejected", rejected[1], rejected[2]
+            return
+        duplicate = self.state.previous_duplicates.get(record_id)
+        if duplicate and duplicate[0] == key and duplicate[1] in self.state.written:
+            entry.status, entry.reason, entry.source = "duplicate", "duplicate_content", duplicate[2]
+            entry.twin = duplicate[1]
+            self.summary.already_written += 1
+            self.summary.duplicate_content += 1
 
-    def _known_duplicate(self, sample: Sample) -> bool:
-        """A URL the last build found to duplicate a written sample's bytes: the cache file
-        is the same, so the answer would be the same; skip the decode."""
-        previous = self.state.previous_ledger.get(sample.first.record_id)
-        if not previous or previous.get("key") != sample.key \
-                or previous.get("note") != "duplicate_content":
-            return False
-        twin = self.state.written.get(previous.get("sample"))
-        if twin is None:
-            return False
-        self.outcomes[sample.key] = Outcome("duplicate", "duplicate_content",
-                                            previous.get("source"),
-                                            content_sha256=twin.content_sha256, twin=twin.key)
-        self.summary.already_written += 1
-        self.summary.duplicate_content += 1
-        self._note_duplicate_label(sample, twin.key, twin.class_id, quiet=True)
-        return True
-
-    def _resolve_and_write(self, todo: list[Sample]) -> None:
-        """Resolve images in threads; write results in input order (reproducible shards)."""
+    def _resolve_and_write(self, wanted: str | None) -> None:
+        """Stream the records; resolve the first record of each URL whose status is
+        `wanted` in threads; write results in input order (reproducible shards)."""
         window = self.settings.fetch.threads * 4
-        last_progress = time.monotonic()
         with ThreadPoolExecutor(self.settings.fetch.threads, thread_name_prefix="resolve") as pool:
             in_flight: deque = deque()
-            queue = iter(todo)
-            for sample in queue:
-                in_flight.append((sample, pool.submit(self._resolve, sample)))
+            for position, item in self._records():
+                if isinstance(item, RecordError):
+                    continue
+                entry = self.index[url_key(item.url)]
+                if entry.first != position or entry.status != wanted:
+                    continue
+                in_flight.append((entry, item, pool.submit(self._resolve, item)))
                 if len(in_flight) >= window:
                     self._take(*in_flight.popleft())
-                if time.monotonic() - last_progress > _PROGRESS_EVERY_S:
-                    self._log_progress(len(todo))
-                    last_progress = time.monotonic()
             while in_flight:
                 self._take(*in_flight.popleft())
 
-    def _drain(self, todo: list[Sample]) -> None:
+    def _drain(self) -> None:
         """With a drain deadline, go round the pending samples again until none is left."""
         deadline = self.settings.drain_deadline_s
         if deadline <= 0:
             return
         round_number = 0
         while True:
-            pending = [x for x in todo if self.outcomes[x.key].status == "pending"]
+            pending = sum(1 for e in self.index.values() if e.status == "pending")
             remaining = deadline - (self.clock.monotonic() - self.started)
             if not pending or remaining <= 0:
                 if pending:
-                    logger.warning("drain deadline reached with %d samples still pending", len(pending))
+                    logger.warning("drain deadline reached with %d samples still pending", pending)
                 return
             round_number += 1
             pause = self.fetcher.next_probe_in()
@@ -262,25 +309,26 @@ class _Build:
                             self.settings.fetch.max_backoff_s)
             pause = min(pause, remaining)
             logger.info("%d samples pending; next try in %.0f s (drain deadline in %.0f s)",
-                        len(pending), pause, remaining)
+                        pending, pause, remaining)
             self.clock.sleep(pause)
-            self._resolve_and_write(pending)
+            self.progress.requeue(pending)
+            self._resolve_and_write(wanted="pending")
 
     # --- one sample ---------------------------------------------------------------------
 
-    def _resolve(self, sample: Sample) -> Outcome:
+    def _resolve(self, record: Record) -> Outcome:
         """Runs in a resolve thread: cache first, then the network; then the image check."""
-        data = self.cache.read(sample.url)
+        data = self.cache.read(record.url)
         if data is not None:
             try:
                 return self._checked(data, "cache")
             except ImageRejected as rejection:
                 if rejection.reason not in _REFETCH_CACHE_REASONS:
                     return Outcome("rejected", rejection.reason, "cache", content_sha256=_sha(data))
-                self.cache.set_aside(sample.url, rejection.reason)
+                self.cache.set_aside(record.url, rejection.reason)
 
         crashpoints.reach("fetch:start")
-        result = self.fetcher.fetch(sample.url)
+        result = self.fetcher.fetch(record.url.strip())
         crashpoints.reach("fetch:done")
         if not result.ok:
             return Outcome(result.outcome, result.reason, "network", final_url=result.final_url)
@@ -288,9 +336,9 @@ class _Build:
             outcome = self._checked(result.data, "network")
         except ImageRejected as rejection:
             if rejection.reason not in _REFETCH_CACHE_REASONS:
-                self.cache.store(sample.url, result.data)  # a real picture, just unusable
+                self.cache.store(record.url, result.data)  # a real picture, just unusable
             return Outcome("rejected", rejection.reason, "network", final_url=result.final_url)
-        self.cache.store(sample.url, result.data)
+        self.cache.store(record.url, result.data)
         outcome.final_url = result.final_url
         return outcome
 
@@ -298,152 +346,182 @@ class _Build:
         image = self.workers.process(data)
         return Outcome("written", None, source, image, _sha(data))
 
-    def _take(self, sample: Sample, future) -> None:
+    def _take(self, entry: _Entry, record: Record, future) -> None:
         """Main thread: record the outcome and write the sample if it has an image."""
         outcome = future.result()
+        key = entry.key
         if outcome.status == "written":
-            twin = self.state.by_content.get(outcome.content_sha256)
-            if twin is not None and twin != sample.key:
+            twin = self.state.by_content.get(content_key(outcome.content_sha256))
+            if twin is not None and twin != key:
                 # Same bytes under another URL: one sample, so no image is in two splits.
                 outcome = Outcome("duplicate", "duplicate_content", outcome.source,
                                   content_sha256=outcome.content_sha256, twin=twin)
                 self.summary.duplicate_content += 1
                 written = self.state.written.get(twin)
                 twin_class = written.class_id if written is not None else self.placed[twin]
-                self._note_duplicate_label(sample, twin, twin_class)
-                logger.info("%s has the same bytes as sample %s; kept once", sample.url, twin)
+                self._note_duplicate_label(entry, record.url, twin, twin_class)
+                logger.info("%s has the same bytes as sample %s; kept once", record.url, twin)
             else:
-                self._write(sample, outcome)
-        self.outcomes[sample.key] = outcome
+                self._write(key, entry, record, outcome)
+        entry.status, entry.reason, entry.source = outcome.status, outcome.reason, outcome.source
+        entry.twin = outcome.twin
+        self.progress.update(outcome.status, outcome.source)
 
-    def _write(self, sample: Sample, outcome: Outcome) -> None:
-        writer = self.writers.get(sample.split)
+    def _write(self, key: str, entry: _Entry, record: Record, outcome: Outcome) -> None:
+        writer = self.writers.get(entry.split)
         if writer is None:
             writer = SplitShardWriter(
-                self.state.dataset_dir, sample.split, self.state.next_shard_index(sample.split),
+                self.state.dataset_dir, entry.split, self.state.next_shard_index(entry.split),
                 self.settings.shard_max_samples, self.settings.shard_max_bytes,
-                on_close=lambda closed, split=sample.split: self._listed(split, closed),
+                on_close=lambda closed, split=entry.split: self._listed(split, closed),
                 mtime=self.started_wall)
-            self.writers[sample.split] = writer
+            self.writers[entry.split] = writer
         metadata = {
-            "url": sample.url,
-            "label": sample.label,
-            "class_id": sample.class_id,
-            "group": sample.first.group,
-            "record": sample.first.record_id,
+            "url": record.url,
+            "label": entry.label,
+            "class_id": entry.class_id,
+            "group": record.group,
+            "record": record.record_id,
             "source": outcome.source,
             "width": outcome.image.width,
             "height": outcome.image.height,
             "source_format": outcome.image.source_format,
             "content_sha256": outcome.content_sha256,
-            **({"final_url": outcome.final_url} if outcome.final_url not in (None, sample.url) else {}),
-            **({"extra": sample.first.extra} if sample.first.extra else {}),
+            **({"final_url": outcome.final_url} if outcome.final_url not in (None, record.url) else {}),
+            **({"extra": record.extra} if record.extra else {}),
         }
-        writer.add(ShardSample(sample.key, sample.class_id, outcome.image.jpeg, metadata,
+        writer.add(ShardSample(key, entry.class_id, outcome.image.jpeg, metadata,
                                outcome.content_sha256))
         crashpoints.reach("sample:added")
-        self.placed[sample.key] = sample.class_id
-        self.state.by_content.setdefault(outcome.content_sha256, sample.key)
+        self.placed[key] = entry.class_id
+        self.state.by_content.setdefault(content_key(outcome.content_sha256), key)
         outcome.image = None  # the bytes are in the shard now; free them
         if outcome.source == "cache":
             self.summary.from_cache += 1
         else:
             self.summary.downloaded += 1
 
-    def _note_duplicate_label(self, sample: Sample, twin: str, twin_class: int,
+    def _note_duplicate_label(self, entry: _Entry, url: str | None, twin: str, twin_class: int,
                               quiet: bool = False) -> None:
-        if twin_class == sample.class_id:
+        if twin_class == entry.class_id:
             return
         self.summary.duplicate_label_conflicts += 1
         if not quiet:
             logger.warning("label conflict: %s (label %r) has the same bytes as sample %s "
-                           "(label %r); the written sample's label is kept", sample.url,
-                           sample.label, twin, self.state.classes.label_of(twin_class))
+                           "(label %r); the written sample's label is kept", url,
+                           entry.label, twin, self.state.classes.label_of(twin_class))
 
     def _listed(self, split: str, closed: ClosedShard) -> None:
         self.state.list_shard(split, closed, self.build_id, _iso(self.started_wall))
+        for key, _, _ in closed.samples:  # state.written knows them now
+            self.placed.pop(key, None)
         self.summary.new_shards.append(closed.name)
         logger.info("wrote %s (%d samples, %.1f MB)", closed.name, closed.num_samples,
                     closed.num_bytes / 1e6)
 
     # --- the end --------------------------------------------------------------------------
 
-    def _ledger_rows(self, record_errors: list[RecordError], samples: dict[str, Sample]):
+    def _ledger_rows(self):
+        """Last pass over the records: one row per record, in input order."""
         written = self.state.written
-        for error in record_errors:
-            yield {"record": f"{error.source}:{error.line_number}", "source": error.source,
-                   "line": error.line_number, "status": "rejected", "reason": "invalid_record",
-                   "detail": error.problem}
-        for sample in samples.values():
-            outcome = self.outcomes.get(sample.key)
-            target = written.get(sample.key)
-            if outcome is not None and outcome.status == "duplicate":
-                target = written.get(outcome.twin)
-            for record in sample.records:
-                row = {"record": record.record_id, "source": record.source, "line": record.line_number,
-                       "url": record.url, "key": sample.key, "label": record.label}
-                if target is not None:
-                    row.update(status="written", split=target.split, shard=target.shard,
-                               class_id=target.class_id)
-                    if target.key != sample.key:
-                        row.update(sample=target.key, note="duplicate_content")
-                    if record is not sample.first:
-                        row.setdefault("note", "duplicate_url")
-                        row["first_record"] = sample.first.record_id
-                else:
-                    row.update(status=outcome.status, reason=outcome.reason, source=outcome.source)
-                if record.label != (self.state.classes.label_of(target.class_id) if target else sample.label):
-                    row["label_conflict"] = True
-                yield row
-        error_ids = {f"{e.source}:{e.line_number}" for e in record_errors}
-        yield from self._absent_rows(samples, error_ids)
+        label_of = self.state.classes.label_of
+        for position, item in self._records():
+            if isinstance(item, RecordError):
+                yield {"record": f"{item.source}:{item.line_number}", "source": item.source,
+                       "line": item.line_number, "status": "rejected", "reason": "invalid_record",
+                       "detail": item.problem}
+                continue
+            key = url_key(item.url)
+            entry = self.index[key]
+            target = written.get(key)
+            if entry.status == "duplicate":
+                target = written.get(entry.twin)
+            row = {"record": item.record_id, "source": item.source, "line": item.line_number,
+                   "url": item.url, "key": key, "label": item.label}
+            if target is not None:
+                row.update(status="written", split=target.split, shard=target.shard,
+                           class_id=target.class_id)
+                if target.key != key:
+                    row.update(sample=target.key, note="duplicate_content")
+                if position != entry.first:
+                    row.setdefault("note", "duplicate_url")
+                    row["first_record"] = self._record_id(entry.first)
+            else:
+                row.update(status=entry.status, reason=entry.reason, source=entry.source)
+            if item.label != (label_of(target.class_id) if target else entry.label):
+                row["label_conflict"] = True
+            yield row
+        yield from self._absent_rows()
 
-    def _absent_rows(self, samples: dict[str, Sample], error_ids: set[str]):
+    def _absent_rows(self):
         """Rows of written samples whose records are gone from the input (a file dropped
         from the config, a regenerated export): their shards still hold them, so the
         ledger keeps saying where they are."""
-        taken = error_ids | {r.record_id for x in samples.values() for r in x.records}
-        for row in self.state.previous_ledger.values():
-            if row.get("status") != "written" or row.get("key") in samples:
+        path = self.state.dataset_dir / LEDGER
+        if not path.exists():
+            return
+        emitted = set()
+        for _, row in iter_ledger(path):
+            if row.get("status") != "written" or row.get("key") in self.index:
                 continue
             if row.get("sample", row.get("key")) not in self.state.written:
                 continue
             row = {**row, "in_input": False}
-            if row["record"] in taken:  # the same file:line now holds another record
-                row["record"] = f"{row['record']}@earlier"
-                if row["record"] in taken:
-                    continue
-            taken.add(row["record"])
+            record = row["record"]
+            source, _, line = record.rpartition(":")
+            if line.isdigit() and int(line) <= self.last_line.get(source, 0):
+                record = f"{record}@earlier"  # the same file:line now holds another record
+                if not record.endswith("@earlier@earlier"):
+                    row["record"] = record
+            if row["record"] in emitted or row["record"].endswith("@earlier@earlier"):
+                continue
+            emitted.add(row["record"])
             yield row
 
-    def _finish(self, rows: list[dict]) -> None:
+    def _counted(self, rows):
+        """Pass rows through, counting fates for the summary."""
         summary = self.summary
-        status_counts = Counter(row["status"] for row in rows)
-        summary.pending_records = status_counts["pending"]
-        summary.rejected_records = status_counts["rejected"]
-        summary.pending_by_reason = dict(Counter(r["reason"] for r in rows if r["status"] == "pending"))
-        summary.rejected_by_reason = dict(Counter(r["reason"] for r in rows if r["status"] == "rejected"))
-        summary.new_samples = sum(1 for o in self.outcomes.values() if o.status == "written")
+        pending, rejected = Counter(), Counter()
+        for row in rows:
+            if row["status"] == "pending":
+                pending[row["reason"]] += 1
+            elif row["status"] == "rejected":
+                rejected[row["reason"]] += 1
+            yield row
+        summary.pending_records = sum(pending.values())
+        summary.rejected_records = sum(rejected.values())
+        summary.pending_by_reason = dict(pending)
+        summary.rejected_by_reason = dict(rejected)
+
+    def _finish(self) -> None:
+        summary = self.summary
+        summary.new_samples = sum(1 for e in self.index.values() if e.status == "written")
         summary.written_by_split = dict(Counter(
-            self.state.written[k].split for k, o in self.outcomes.items() if o.status == "written"))
+            e.split for e in self.index.values() if e.status == "written"))
+        summary.cache_errors = self.cache.read_errors + self.cache.write_errors
         summary.fetch_counters = {**self.fetcher.counters(), "cached": summary.from_cache}
         summary.hosts = self.fetcher.host_report()
-        summary.wall_s = self.clock.monotonic() - self.started
+        new_shards = Counter(name.split("/", 1)[0] for name in summary.new_shards)
+        for name, entry in self.state.manifest["splits"].items():
+            summary.splits[name] = {"new_samples": summary.written_by_split.get(name, 0),
+                                    "new_shards": new_shards.get(name, 0),
+                                    "samples": entry["num_samples"], "shards": len(entry["shards"])}
 
-        previous = self.state.previous_ledger
-        unchanged = (not summary.new_shards and len(previous) == len(rows)
-                     and all(previous.get(r["record"]) == r for r in rows))
+        # Ledger first, then the manifest that says the build is complete: a kill between
+        # the two leaves a right ledger and a build entry the next build closes.
+        ledger_changed = self.state.replace_ledger(self._counted(self._ledger_rows()))
+        summary.wall_s = self.clock.monotonic() - self.started
+        resolved = sum(self.progress.counts[k] for k in ("written", "rejected", "pending", "duplicate"))
+        summary.samples_per_s = resolved / summary.wall_s if summary.wall_s > 0 else 0.0
         # After a killed build the ledger may already be right (it died after writing it)
         # while its history entry still says "interrupted": that needs writing down too.
-        if unchanged and self.state.manifest["builds"] and not self.state.interrupted:
+        if (not summary.new_shards and not ledger_changed and self.state.manifest["builds"]
+                and not self.state.interrupted):
             summary.changed = False
             summary.build_id = None
             logger.info("nothing new: no shard written, the dataset is unchanged")
             return
         summary.changed = True
-        # Ledger first, then the manifest that says the build is complete: a kill between
-        # the two leaves a right ledger and a build entry the next build closes.
-        self.state.save_ledger(rows)
         manifest = self.state.manifest
         manifest["num_pending"] = summary.pending_records
         manifest["num_rejected"] = summary.rejected_records
@@ -463,11 +541,10 @@ class _Build:
         stats = {key: value for key, value in summary.__dict__.items() if key != "stats_file"}
         summary.stats_file = str(self.state.save_stats(self.build_id, stats))
 
-    def _log_progress(self, total: int) -> None:
-        counts = Counter(o.status for o in self.outcomes.values())
-        logger.info("progress: %d/%d resolved (written %d, pending %d, rejected %d)",
-                    len(self.outcomes), total, counts["written"], counts["pending"],
-                    counts["rejected"])
+
+def _position(source_number: int, line_number: int) -> int:
+    """A record's place in the input as one int: file number, then line (< 2**32)."""
+    return (source_number << 32) | line_number
 
 
 def _sha(data: bytes) -> str:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from pathlib import Path
 
-from .atomic import atomic_writer
+from . import crashpoints
+from .atomic import TEMP_MARK
 
 logger = logging.getLogger(__name__)
 
@@ -23,31 +25,83 @@ def url_key(url: str) -> str:
 
 
 class ImageCache:
+    """Thread-safe: every method works on one file and shares no state but counters.
+
+    Trouble with one cache file never stops a build: a file that cannot be read is a cache
+    miss (the URL is downloaded), one that cannot be written is a warning (the image still
+    reaches its shard, it is just not cached). Both are counted.
+    """
+
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._folder = str(self.folder)
+        self.read_errors = 0
+        self.write_errors = 0
 
     def path_for(self, url: str) -> Path:
-        return self.folder / f"{url_key(url)}.jpg"
+        return Path(self._file_for(url))
+
+    def _file_for(self, url: str) -> str:
+        # Plain strings, not Path objects: pathlib interns every name it parses, which for
+        # a million cache files is a million strings held for the life of the process.
+        return os.path.join(self._folder, f"{url_key(url)}.jpg")
 
     def read(self, url: str) -> bytes | None:
+        path = self._file_for(url)
         try:
-            return self.path_for(url).read_bytes()
+            with open(path, "rb") as stream:
+                return stream.read()
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.read_errors += 1
+            _warn_limited(self.read_errors, "cannot read cache file %s (%s); downloading it "
+                          "instead", path, exc.strerror or exc)
             return None
 
     def store(self, url: str, data: bytes) -> None:
         # No fsync per image: a cache file lost or cut by a power failure is caught by the
         # image check on the next read and downloaded again.
-        with atomic_writer(self.path_for(url), "wb", durable=False) as stream:
-            stream.write(data)
+        path = self._file_for(url)
+        temp = f"{path}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}"
+        try:
+            try:
+                with open(temp, "wb") as stream:
+                    stream.write(data)
+                crashpoints.reach(f"{os.path.basename(path)}:synced")
+                os.replace(temp, path)
+            except BaseException:
+                if os.path.lexists(temp):
+                    os.unlink(temp)
+                raise
+        except OSError as exc:
+            self.write_errors += 1
+            _warn_limited(self.write_errors, "cannot write cache file %s (%s); the image is "
+                          "still written to its shard", self._file_for(url), exc.strerror or exc)
 
     def set_aside(self, url: str, reason: str) -> None:
         """Rename a broken cache file to `<md5>.jpg.<reason>` so it is fetched anew next time
         but kept for a user who wants to look at it."""
-        path = self.path_for(url)
+        path = self._file_for(url)
         try:
-            os.replace(path, path.with_name(f"{path.name}.{reason}"))
-            logger.info("cache file %s is %s; set aside, it will be downloaded again", path.name, reason)
+            os.replace(path, f"{path}.{reason}")
+            logger.info("cache file %s is %s; set aside, it will be downloaded again",
+                        os.path.basename(path), reason)
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            self.write_errors += 1
+            _warn_limited(self.write_errors, "cannot set aside broken cache file %s (%s)", path,
+                          exc.strerror or exc)
+
+
+_WARN_FIRST = 10
+
+
+def _warn_limited(count: int, message: str, *args) -> None:
+    """The first few warnings of a kind in full, then one saying the rest are only counted."""
+    if count <= _WARN_FIRST:
+        logger.warning(message, *args)
+    if count == _WARN_FIRST:
+        logger.warning("further cache trouble of this kind is counted in the build summary only")

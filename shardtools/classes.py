@@ -63,4 +63,9 @@ class ClassIndex:
 
 
 def _label_order(label: str):
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    # Numbers numerically ("9" before "10"), ties ("7", "07") and all else by text, so the
+    # order never depends on set iteration. isascii: "²".isdigit() is true, int("²") fails.
+    digits = label[1:] if label.startswith("-") else label
+    if digits.isascii() and digits.isdigit():
+        return (0, int(label), label)
+    return (1, 0, label)

@@ -37,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, ShardToolsError) as exc:
         print(f"shardtools: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        # The file system said no (a file where a folder should be, permissions, a full
+        # disk): the user can act on the path and the reason; --traceback for the rest.
+        if args.traceback:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"shardtools: cannot use{where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("shardtools: interrupted; the dataset is as after its last listed shard, "
               "run the build again to go on", file=sys.stderr)
@@ -105,9 +113,10 @@ def _run_build(args) -> int:
     if args.drain_deadline is not None:
         settings = dataclasses.replace(settings, drain_deadline_s=args.drain_deadline)
     from .build import run_build
+    from .progress import progress_for_terminal
     from .report import format_summary
 
-    summary = run_build(settings)
+    summary = run_build(settings, progress=progress_for_terminal(quiet=args.quiet > 0))
     print(format_summary(summary))
     return summary.exit_code
 

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -23,6 +24,10 @@ from .settings import BuildSettings, Config, FetchSettings, ImageSettings, Train
 logger = logging.getLogger(__name__)
 
 _RESIZE_MODES = ("shorter_side", "longer_side", "keep")
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+# Downloads are I/O bound, but each thread holds a connection; past this a build only
+# hurts the hosts it asks and the machine it runs on.
+MAX_THREADS = 1024
 _PATH_KEYS = {"build": ("records", "cache_dir", "output_dir"), "train": ("dataset",)}
 
 
@@ -54,7 +59,8 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike = ".",
 
     build = None
     if raw.get("build") is not None:
-        section = _resolve_paths(_mapping("build", raw["build"]), _PATH_KEYS["build"], base_dir)
+        section = _resolve_paths(_mapping("build", raw["build"]), _PATH_KEYS["build"], base_dir,
+                                 "build")
         build = _build_dataclass(BuildSettings, section, "build")
         _check_build(build)
     train = None
@@ -63,7 +69,8 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike = ".",
         if "dataset" not in section and build is not None:
             section = {**section, "dataset": build.output_dir}
             logger.info("train.dataset not set: using build.output_dir (%s)", build.output_dir)
-        train = _build_dataclass(TrainSettings, _resolve_paths(section, _PATH_KEYS["train"], base_dir),
+        train = _build_dataclass(TrainSettings,
+                                 _resolve_paths(section, _PATH_KEYS["train"], base_dir, "train"),
                                  "train")
         _check_train(train)
     return Config(build=build, train=train, source=source)
@@ -74,19 +81,29 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike = ".",
 def _check_build(build: BuildSettings) -> None:
     if not build.records:
         raise ConfigError("build.records", "needs at least one records file")
+    seen = set()
     for i, records_path in enumerate(build.records):
         if not Path(records_path).is_file():
             raise ConfigError(f"build.records[{i}]", f"file not found: {records_path}")
+        resolved = Path(records_path).resolve()
+        if resolved in seen:
+            raise ConfigError(f"build.records[{i}]", f"lists {records_path} a second time")
+        seen.add(resolved)
     if not build.splits:
         raise ConfigError("build.splits", "needs at least one split, e.g. {train: 0.8, val: 0.1, test: 0.1}")
     for name, fraction in build.splits.items():
-        if not name or not name.replace("_", "").isalnum():
-            raise ConfigError(f"build.splits.{name}", "split names must be letters, digits or '_'")
+        # The same rule as shard file names (shards.SHARD_NAME): ASCII only.
+        if not _SPLIT_NAME.match(name):
+            raise ConfigError(f"build.splits.{name}", "split names must be ASCII letters, digits or '_'")
         if not 0 <= fraction <= 1:
             raise ConfigError(f"build.splits.{name}", f"fraction must be between 0 and 1, got {fraction}")
     total = sum(build.splits.values())
     if not math.isclose(total, 1.0, abs_tol=1e-6):
         raise ConfigError("build.splits", f"fractions must sum to 1, they sum to {total:g}")
+    output, cache = Path(build.output_dir).resolve(), Path(build.cache_dir).resolve()
+    if output == cache or output in cache.parents or cache in output.parents:
+        raise ConfigError("build.output_dir", f"must not be, contain or lie inside build.cache_dir "
+                          f"({build.cache_dir}): a dataset cleans its folder, a cache is shared")
     _positive("build.shard_max_samples", build.shard_max_samples)
     _positive("build.shard_max_bytes", build.shard_max_bytes)
     _non_negative("build.drain_deadline_s", build.drain_deadline_s)
@@ -102,6 +119,8 @@ def _check_build(build: BuildSettings) -> None:
 
     fetch = build.fetch
     _positive("build.fetch.threads", fetch.threads)
+    if fetch.threads > MAX_THREADS:
+        raise ConfigError("build.fetch.threads", f"at most {MAX_THREADS}, got {fetch.threads}")
     _positive("build.fetch.requests_per_second", fetch.requests_per_second)
     _positive("build.fetch.burst", fetch.burst)
     _positive("build.fetch.timeout_s", fetch.timeout_s)
@@ -206,15 +225,24 @@ def _reject_unknown(prefix: str, section: dict, known: tuple[str, ...]) -> None:
             raise ConfigError(where, f"unknown key (known here: {', '.join(known)})")
 
 
-def _resolve_paths(section: dict, keys: tuple[str, ...], base_dir: Path) -> dict:
+def _resolve_paths(section: dict, keys: tuple[str, ...], base_dir: Path, prefix: str) -> dict:
+    """Paths relative to the config's folder. A number (`output_dir: 2024`) is a name too."""
     section = dict(section)
+
+    def resolve(key: str, value):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return value  # the type check names the problem
+        value = str(value)
+        if not value.strip():
+            raise ConfigError(key, "must name a path, got an empty string")
+        return value if os.path.isabs(value) else str(base_dir / value)
+
     for key in keys:
         value = section.get(key)
-        if isinstance(value, str):
-            section[key] = str(base_dir / value) if not os.path.isabs(value) else value
-        elif isinstance(value, list):
-            section[key] = [str(base_dir / v) if isinstance(v, str) and not os.path.isabs(v) else v
-                            for v in value]
+        if isinstance(value, list):
+            section[key] = [resolve(f"{prefix}.{key}[{i}]", v) for i, v in enumerate(value)]
+        elif value is not None:
+            section[key] = resolve(f"{prefix}.{key}", value)
     return section
 
 

@@ -25,6 +25,7 @@ rest. docs/durability.md walks through every kill point.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 from . import crashpoints
 from .atomic import TEMP_MARK, atomic_writer, write_json_atomic
 from .classes import ClassIndex
-from .errors import DatasetError, LockedError
+from .errors import ConfigError, DatasetError, LockedError
 from .shards import SHARD_NAME, ClosedShard, shard_number
 
 logger = logging.getLogger(__name__)
@@ -50,13 +51,12 @@ STATS_DIR = "stats"
 LOCK = ".lock"
 
 
-@dataclass
+@dataclass(slots=True)  # one per written sample, held for the whole build: keep it small
 class WrittenSample:
     key: str
     split: str
     shard: str
     class_id: int
-    content_sha256: str
 
 
 def read_manifest(dataset_dir: str | os.PathLike) -> dict:
@@ -67,9 +67,17 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
         raise DatasetError(f"{dataset_dir}: no {MANIFEST}; is this a dataset built by shardtools?") from None
     except ValueError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise DatasetError(f"{path}: format_version {version!r}, this shardtools reads {FORMAT_VERSION}")
+    for key, kind in (("splits", dict), ("builds", list), ("class_counts", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise DatasetError(f"{path}: '{key}' is missing or not a {kind.__name__}; the file is "
+                               "damaged (restore it from a backup or rebuild)")
     return manifest
 
 
@@ -131,8 +139,14 @@ class DatasetState:
     manifest: dict
     classes: ClassIndex
     written: dict[str, WrittenSample] = field(default_factory=dict)   # key -> sample
-    by_content: dict[str, str] = field(default_factory=dict)          # content sha -> key
-    previous_ledger: dict[str, dict] = field(default_factory=dict)    # record id -> row
+    # content_key(sha256 hex of the source bytes) -> sample key: finds identical bytes.
+    by_content: dict[bytes, str] = field(default_factory=dict)
+    # From the previous ledger, only what a build needs (it is streamed, never held):
+    # record id -> (key, reason, source) of rejected rows, and of duplicate_content rows
+    # (key, written twin, source); and the digest of the whole file.
+    previous_rejections: dict[str, tuple] = field(default_factory=dict)
+    previous_duplicates: dict[str, tuple] = field(default_factory=dict)
+    previous_ledger_sha256: str | None = None
     interrupted: list[int] = field(default_factory=list)  # builds found "running" at open
     removed_leftovers: list[str] = field(default_factory=list)
 
@@ -197,9 +211,10 @@ class DatasetState:
                 seen.add(line["shard"])
                 valid_lines.append(raw if raw.endswith(b"\n") else raw + b"\n")
                 split = line["split"]
+                shard = line["shard"]  # one string object for all its samples
                 for key, class_id, content_sha in line["samples"]:
-                    self.written[key] = WrittenSample(key, split, line["shard"], class_id, content_sha)
-                    self.by_content.setdefault(content_sha, key)
+                    self.written[key] = WrittenSample(key, split, shard, class_id)
+                    self.by_content.setdefault(content_key(content_sha), key)
         missing = set(listed) - seen
         if missing:
             raise DatasetError(f"{path} has no entry for listed shards: {', '.join(sorted(missing)[:5])}")
@@ -267,12 +282,39 @@ class DatasetState:
         path = self.dataset_dir / LEDGER
         if not path.exists():
             return
-        with open(path, "rb") as stream:
-            for raw in stream:
-                row = json.loads(raw)
-                self.previous_ledger[row["record"]] = row
+        digest = hashlib.sha256()
+        for raw, row in iter_ledger(path):
+            digest.update(raw)
+            if "key" not in row:
+                continue
+            if row.get("status") == "rejected":
+                self.previous_rejections[row["record"]] = (row["key"], row.get("reason"),
+                                                           row.get("source"))
+            elif row.get("note") == "duplicate_content":
+                self.previous_duplicates[row["record"]] = (row["key"], row.get("sample"),
+                                                           row.get("source"))
+        self.previous_ledger_sha256 = digest.hexdigest()
 
     # --- writing ----------------------------------------------------------------------
+
+    def check_split_settings(self, salt: str, fractions: dict[str, float]) -> None:
+        """Refuse a build whose split salt or fractions differ from the dataset's first: it
+        would put new photos of an observation already written into another split."""
+        current = {"salt": salt, "fractions": [[name, f] for name, f in fractions.items()]}
+        recorded = self.manifest.get("split_settings")
+        if recorded is None:
+            self.manifest["split_settings"] = current  # saved with the next manifest write
+            return
+        if recorded != current:
+            def show(settings):
+                parts = ", ".join(f"{name} {f:g}" for name, f in settings["fractions"])
+                return f"salt {settings['salt']!r}, {parts}"
+
+            raise ConfigError("build.splits", f"split settings differ from this dataset's "
+                              f"(dataset: {show(recorded)}; config: {show(current)}); new "
+                              "samples would not follow the splits of their groups already "
+                              "written. Put the dataset's values back, or build into a new "
+                              "output_dir")
 
     def save_classes(self) -> None:
         self.classes.save(self.dataset_dir / CLASSES)
@@ -312,19 +354,31 @@ class DatasetState:
         counts = self.manifest["class_counts"][split]
         for key, class_id, content_sha in closed.samples:
             counts[str(class_id)] = counts.get(str(class_id), 0) + 1
-            self.written[key] = WrittenSample(key, split, closed.name, class_id, content_sha)
-            self.by_content.setdefault(content_sha, key)
+            self.written[key] = WrittenSample(key, split, closed.name, class_id)
+            self.by_content.setdefault(content_key(content_sha), key)
         self.save_manifest()
         crashpoints.reach("shard:listed")
 
     def save_manifest(self) -> None:
         write_json_atomic(self.dataset_dir / MANIFEST, self.manifest)
 
-    def save_ledger(self, rows) -> None:
-        with atomic_writer(self.dataset_dir / LEDGER, "wb") as stream:
-            for row in rows:
-                stream.write(json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
-                stream.write(b"\n")
+    def replace_ledger(self, rows) -> bool:
+        """Stream `rows` into a new ledger; put it in place (atomically) unless it is byte
+        for byte the previous one. Returns whether it changed."""
+        digest = hashlib.sha256()
+        try:
+            with atomic_writer(self.dataset_dir / LEDGER, "wb") as stream:
+                for row in rows:
+                    line = json.dumps(row, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+                    line += b"\n"
+                    digest.update(line)
+                    stream.write(line)
+                if digest.hexdigest() == self.previous_ledger_sha256:
+                    raise _LedgerUnchanged  # atomic_writer drops the temporary file
+        except _LedgerUnchanged:
+            return False
+        self.previous_ledger_sha256 = digest.hexdigest()
+        return True
 
     def save_stats(self, build_id: int, stats: dict) -> Path:
         folder = self.dataset_dir / STATS_DIR
@@ -332,6 +386,33 @@ class DatasetState:
         path = folder / f"build-{build_id:04d}.json"
         write_json_atomic(path, stats)
         return path
+
+
+def content_key(sha256_hex: str) -> bytes:
+    """The in-memory form of a content hash: its first 16 bytes (49 bytes of Python object
+    instead of 113 for the hex text; a collision among 16-byte prefixes of sha256 is not a
+    practical concern)."""
+    return bytes.fromhex(sha256_hex[:32])
+
+
+class _LedgerUnchanged(Exception):
+    pass
+
+
+def iter_ledger(path: Path):
+    """(raw line, row) for each row of a ledger file, streamed. A damaged line (the file is
+    written atomically, so someone else cut it) is skipped with a warning: every build
+    rewrites the ledger from the records and the shard index anyway."""
+    with open(path, "rb") as stream:
+        for line_number, raw in enumerate(stream, start=1):
+            try:
+                row = json.loads(raw)
+                if not isinstance(row, dict) or "record" not in row or "status" not in row:
+                    raise ValueError("not a ledger row")
+            except ValueError as exc:
+                logger.warning("%s line %d is damaged (%s); skipping it", path, line_number, exc)
+                continue
+            yield raw, row
 
 
 def next_shard_index(manifest: dict, split: str) -> int:

@@ -37,21 +37,25 @@ class Record:
 
 def read_records(paths, url_field: str, label_field: str,
                  group_field: str | None) -> Iterator[Record | RecordError]:
-    """Yield a Record per good line and a RecordError per bad one, in input order."""
+    """Yield a Record per good line and a RecordError per bad one, in input order.
+
+    Whatever a line holds, it costs that line only: every failure to make a record out of
+    it becomes a RecordError with its file and line number.
+    """
     for path in paths:
         path = Path(path)
-        if path.suffix.lower() == ".csv":
-            rows = _csv_rows(path)
-        else:
-            rows = _jsonl_rows(path)
+        source = str(path)
+        rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
         for line_number, row in rows:
             if isinstance(row, RecordError):
                 yield row
                 continue
             try:
-                yield _to_record(str(path), line_number, row, url_field, label_field, group_field)
+                yield _to_record(source, line_number, row, url_field, label_field, group_field)
             except RecordError as exc:
                 yield exc
+            except (ValueError, TypeError, UnicodeError) as exc:  # Defensive: odd content
+                yield RecordError(source, line_number, f"unusable record ({exc})")
 
 
 def _jsonl_rows(path: Path):
@@ -69,6 +73,9 @@ def _jsonl_rows(path: Path):
                 yield line_number, RecordError(str(path), line_number,
                                                f"not valid JSON ({exc.msg} at column {exc.colno})")
                 continue
+            except ValueError as exc:  # e.g. an integer past Python's digit limit
+                yield line_number, RecordError(str(path), line_number, f"not usable JSON ({exc})")
+                continue
             if not isinstance(row, dict):
                 yield line_number, RecordError(str(path), line_number,
                                                f"expected a JSON object, got {type(row).__name__}")
@@ -77,12 +84,30 @@ def _jsonl_rows(path: Path):
 
 
 def _csv_rows(path: Path):
-    with open(path, newline="", encoding="utf-8", errors="replace") as stream:
+    # utf-8-sig: spreadsheet exports often start with a byte-order mark. Undecodable bytes
+    # are kept as surrogates so the row they are in, and only that row, is rejected.
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as stream:
         reader = csv.DictReader(stream)
-        for row in reader:
-            yield reader.line_num, row
-
-
+        try:
+            if reader.fieldnames is None:  # reads the header now, so line_num counts it
+                return
+        except csv.Error as exc:
+            yield 1, RecordError(str(path), 1, f"not valid CSV header ({exc})")
+            return
+        while True:
+            first_line = reader.line_num + 1  # a quoted field may span lines: report the first
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield first_line, RecordError(str(path), first_line, f"not valid CSV ({exc})")
+                continue
+            if None in row:
+                yield first_line, RecordError(str(path), first_line,
+                                              "more fields than the header names")
+                continue
+            yield first_line, row
 def _to_record(source: str, line_number: int, row: dict, url_field: str, label_field: str,
                group_field: str | None) -> Record:
     url = row.get(url_field)
@@ -90,8 +115,12 @@ def _to_record(source: str, line_number: int, row: dict, url_field: str, label_f
         raise RecordError(source, line_number, f"missing field {url_field!r}")
     if not isinstance(url, str) or not url.strip():
         raise RecordError(source, line_number, f"field {url_field!r} must be a non-empty URL string")
-    url = url.strip()
-    scheme = urlsplit(url).scheme.lower()
+    # The URL is kept as written (the cache is keyed on md5 of exactly this text); the
+    # build fetches it without surrounding whitespace.
+    try:
+        scheme = urlsplit(url.strip()).scheme.lower()
+    except ValueError as exc:
+        raise RecordError(source, line_number, f"field {url_field!r} is not a valid URL ({exc})") from None
     if scheme not in ALLOWED_SCHEMES:
         raise RecordError(source, line_number,
                           f"field {url_field!r}: only http and https URLs are fetched, got {url[:80]!r}")
@@ -110,7 +139,22 @@ def _to_record(source: str, line_number: int, row: dict, url_field: str, label_f
     if group_field:
         value = row.get(group_field)
         if value is not None and value != "":
-            group = str(value)
+            # Scalars as text; a nested value as canonical JSON, so it is stable too.
+            group = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
     extra = {k: v for k, v in row.items() if k not in (url_field, label_field)}
-    return Record(source, line_number, url, str(label), group, extra)
+    label = str(label)
+    for what, text in (("URL", url), ("label", label), ("group", group or ""),
+                       ("record", json.dumps(extra, ensure_ascii=False) if extra else "")):
+        if not _encodable(text):
+            raise RecordError(source, line_number, f"{what} holds text that is not valid "
+                              "Unicode (a lone surrogate, e.g. a cut emoji)")
+    return Record(source, line_number, url, label, group, extra)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

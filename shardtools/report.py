@@ -37,10 +37,23 @@ def format_summary(summary: BuildSummary) -> str:
                      "run the build again later to fetch them")
     if s.rejected_records:
         lines.append(f"  rejected: {s.rejected_records:,} records ({_reasons(s.rejected_by_reason)})")
-    limited = {h: r for h, r in s.hosts.items() if r.get("http_429")}
-    for host, report in limited.items():
-        lines.append(f"  host {host}: {report.get('requests', 0):,} requests, "
-                     f"{report['http_429']:,} answered 429 (rate limited)")
+    if s.cache_errors:
+        lines.append(f"  {s.cache_errors:,} cache files could not be read or written (see the "
+                     "warnings); their images were downloaded or written all the same")
+    if s.splits:
+        lines.append("")
+        lines.append(f"  {'split':<10} {'new samples':>11} {'new shards':>10} {'samples':>9} {'shards':>7}")
+        for name, split in s.splits.items():
+            lines.append(f"  {name:<10} {split['new_samples']:>11,} {split['new_shards']:>10,} "
+                         f"{split['samples']:>9,} {split['shards']:>7,}")
+    if s.hosts:
+        lines.append("")
+        lines.append(f"  {'host':<40} {'requests':>8} {'429s':>6} {'windows':>7}")
+        for host, report in s.hosts.items():
+            lines.append(f"  {host[:40]:<40} {report.get('requests', 0):>8,} "
+                         f"{report.get('http_429', 0):>6,} {report.get('windows', 0):>7,}")
+    lines.append("")
+    lines.append(f"  wall time {s.wall_s:.1f} s, {s.samples_per_s:,.0f} samples/s resolved")
     if s.stats_file:
         lines.append(f"  counters: {s.stats_file}")
     return "\n".join(lines)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 
 from .classes import ClassIndex
-from .dataset import CLASSES, LEDGER, lock_holder, read_manifest
+from .dataset import CLASSES, LEDGER, iter_ledger, lock_holder, read_manifest
 
 # Human output names this many thin classes per split; --json has them all.
 _FEW_SHOWN = 10
@@ -24,17 +23,15 @@ def dataset_status(dataset_dir: str | Path, few: int = 5) -> dict:
     notes = Counter()
     ledger = dataset_dir / LEDGER
     if ledger.exists():
-        with open(ledger, "rb") as stream:
-            for raw in stream:
-                row = json.loads(raw)
-                if row["status"] == "pending":
-                    pending[row["reason"]] += 1
-                elif row["status"] == "rejected":
-                    rejected[row["reason"]] += 1
-                if row.get("label_conflict"):
-                    notes["label_conflicts"] += 1
-                if row.get("note") == "duplicate_content":
-                    notes["duplicate_content"] += 1
+        for _, row in iter_ledger(ledger):
+            if row["status"] == "pending":
+                pending[row.get("reason")] += 1
+            elif row["status"] == "rejected":
+                rejected[row.get("reason")] += 1
+            if row.get("label_conflict"):
+                notes["label_conflicts"] += 1
+            if row.get("note") == "duplicate_content":
+                notes["duplicate_content"] += 1
     holder = lock_holder(dataset_dir)
     unfinished = [b["build"] for b in manifest["builds"] if b.get("status") == "running"]
     return {

@@ -262,3 +262,50 @@ def test_label_conflicts_follow_the_first_record_and_are_reported(tmp_path):
     assert len(conflict) == 1 and conflict[0]["line"] == 5 and conflict[0]["status"] == "written"
     found = _read_back(tmp_path / "dataset")
     assert found[url_key(urls[0])]["json"]["label"] == "0"
+
+
+def test_unreadable_cache_entries_are_downloaded_and_unwritable_ones_only_warned(tmp_path, image_host):
+    """Trouble with one cache file never stops a build (found in review): a directory where
+    a cache file should be is a miss; the image is downloaded and still written."""
+    photos = photo_variants(3, seed=13)
+    urls = []
+    for i, data in enumerate(photos):
+        image_host.add(f"/c/{i}.jpg", data)
+        urls.append(image_host.url(f"/c/{i}.jpg"))
+    cache = ImageCache(tmp_path / "cache")
+    cache.path_for(urls[0]).mkdir()                          # unreadable and unwritable
+    cache.path_for(urls[1]).symlink_to(cache.path_for(urls[1]))  # a symlink loop
+    write_jsonl(tmp_path / "records.jsonl", _records(urls))
+    summary = run_build(build_settings(tmp_path), clock=ManualClock())
+    assert summary.new_samples == 3 and summary.exit_code == 0
+    assert summary.downloaded == 3
+    assert summary.cache_errors >= 2
+
+
+def test_damaged_dataset_files_give_one_line_and_exit_2(tmp_path, capsys):
+    from shardtools.cli import main
+
+    _, settings = _cached_dataset(tmp_path, count=3)
+    run_build(settings)
+    dataset = tmp_path / "dataset"
+    manifest_text = (dataset / "manifest.json").read_text()
+    for damage in ("[1, 2]", '{"format_version": 1}'):
+        (dataset / "manifest.json").write_text(damage)
+        assert main(["status", str(dataset)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "manifest.json" in err[0]
+    (dataset / "manifest.json").write_text(manifest_text)
+    plain_file = tmp_path / "plain.txt"
+    plain_file.write_text("not a dataset")
+    assert main(["status", str(plain_file)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_cut_ledger_line_is_skipped_not_fatal(tmp_path):
+    _, settings = _cached_dataset(tmp_path, count=4)
+    run_build(settings)
+    ledger = tmp_path / "dataset" / "ledger.jsonl"
+    ledger.write_text(ledger.read_text()[:-30])  # cut the last row
+    assert dataset_status(tmp_path / "dataset")["splits"]
+    summary = run_build(settings)  # rewrites the ledger whole
+    assert len(_ledger(tmp_path / "dataset")) == 4 and summary.changed

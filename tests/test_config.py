@@ -32,6 +32,14 @@ def _build(tmp_path, **changes):
     ({"fetch": {"rate_decrease": 1.5}}, "build.fetch.rate_decrease", "between 0 and 1"),
     ({"fetch": {"ramp_successes": 0}}, "build.fetch.ramp_successes", "greater than 0"),
     ({"records": ["missing.jsonl"]}, "build.records[0]", "file not found"),
+    # found in review: names the shard pattern cannot number, shared folders, absurd sizes
+    ({"splits": {"tráin": 1.0}}, "build.splits.tráin", "ASCII"),
+    ({"output_dir": "cache"}, "build.output_dir", "cache_dir"),
+    ({"output_dir": "cache/dataset"}, "build.output_dir", "cache_dir"),
+    ({"cache_dir": "out/cache"}, "build.output_dir", "cache_dir"),
+    ({"output_dir": ""}, "build.output_dir", "empty"),
+    ({"fetch": {"threads": 100000000000}}, "build.fetch.threads", "at most"),
+    ({"records": ["records.jsonl", "./records.jsonl"]}, "build.records[1]", "second time"),
 ])
 def test_config_error_names_key_and_problem(tmp_path, changes, key, words):
     with pytest.raises(ConfigError) as caught:
@@ -51,6 +59,11 @@ def test_relative_paths_are_taken_from_the_config_folder(tmp_path):
     config = config_from_dict(_build(tmp_path), base_dir=tmp_path)
     assert config.build.records == (str(tmp_path / "records.jsonl"),)
     assert config.build.output_dir == str(tmp_path / "out")
+
+
+def test_numeric_paths_are_names_relative_to_the_config(tmp_path):
+    config = config_from_dict(_build(tmp_path, output_dir=2024), base_dir=tmp_path)
+    assert config.build.output_dir == str(tmp_path / "2024")
 
 
 def test_defaults_match_the_documented_contract(tmp_path):

@@ -7,7 +7,6 @@ from collections import Counter
 from conftest import write_jsonl
 from shardtools.errors import RecordError
 from shardtools.records import read_records
-from shardtools.samples import collapse
 from shardtools.splits import split_for
 
 
@@ -46,21 +45,6 @@ def test_bad_utf8_costs_one_line(tmp_path):
     assert items[1].url == "http://h/ok.jpg"
 
 
-def test_one_sample_per_url_and_first_record_sets_the_label(tmp_path):
-    path = write_jsonl(tmp_path / "r.jsonl", [
-        {"image_url": "http://h/a.jpg", "taxon_id": 1},
-        {"image_url": "http://h/a.jpg", "taxon_id": 1},
-        {"image_url": "http://h/a.jpg", "taxon_id": 2},
-        {"image_url": "http://h/b.jpg", "taxon_id": 2},
-    ])
-    samples = collapse(_read(path))
-    assert len(samples) == 2
-    a = next(s for s in samples.values() if s.url.endswith("a.jpg"))
-    assert a.label == "1"
-    assert len(a.duplicates) == 2
-    assert [r.line_number for r in a.conflicting] == [3]
-
-
 def test_split_is_deterministic_and_follows_fractions():
     fractions = {"train": 0.8, "val": 0.1, "test": 0.1}
     keys = [f"group:{i}" for i in range(20000)]
@@ -76,3 +60,59 @@ def test_split_is_deterministic_and_follows_fractions():
 def test_zero_fraction_split_gets_nothing():
     fractions = {"train": 1.0, "val": 0.0, "test": 0.0}
     assert {split_for(f"k{i}", "s", fractions) for i in range(1000)} == {"train"}
+
+
+def test_every_kind_of_bad_line_costs_only_that_line(tmp_path):
+    """Hostile content in one line (found in review) becomes a RecordError for that line."""
+    path = tmp_path / "r.jsonl"
+    lines = [
+        '{"image_url": "http://[::1/x.jpg", "taxon_id": 1}',              # bad IPv6 host
+        '{"image_url": "http://h/a.jpg", "taxon_id": 1, "n": ' + "9" * 5000 + "}",  # huge int
+        '{"image_url": "http://h/\\ud800.jpg", "taxon_id": 1}',           # lone surrogate
+        '{"image_url": "http://h/b.jpg", "taxon_id": "\\ud83d"}',         # half an emoji
+        '{"image_url": "http://h/c.jpg", "taxon_id": 1, "note": "\\udc00"}',
+        '{"image_url": "http://h/ok.jpg", "taxon_id": 1}',
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    items = _read(path)
+    errors = [e.line_number for e in items if isinstance(e, RecordError)]
+    assert errors == [1, 2, 3, 4, 5]
+    assert [r.url for r in items if not isinstance(r, RecordError)] == ["http://h/ok.jpg"]
+
+
+def test_superscript_digit_labels_are_ordered_as_text():
+    """'²'.isdigit() is true but int('²') fails: such labels sort as text."""
+    from shardtools.classes import ClassIndex
+
+    index = ClassIndex()
+    assert index.add_new(["10", "²", "9", "-1"]) == ["-1", "9", "10", "²"]
+
+
+def test_class_ids_do_not_depend_on_the_hash_seed(tmp_path):
+    """Labels equal as numbers ("7", "07") get ids in the same order in every process."""
+    import subprocess
+    import sys
+
+    code = ("from shardtools.classes import ClassIndex; i = ClassIndex(); "
+            "print(i.add_new(['07', '7', '007', '-0', '0', 'x']))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={"PYTHONHASHSEED": str(seed), "PATH": ""}, check=True).stdout
+               for seed in range(6)}
+    assert outputs == {"['-0', '0', '007', '07', '7', 'x']\n"}
+
+
+def test_csv_with_bom_extra_columns_bad_bytes_and_multiline_fields(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes(
+        b"\xef\xbb\xbfimage_url,taxon_id,note\n"            # byte-order mark
+        b"http://h/a.jpg,1,fine\n"                          # line 2
+        b"http://h/b.jpg,2,too,many\n"                      # line 3: extra column
+        b"http://h/\xff.jpg,3,bad byte\n"                   # line 4: not UTF-8
+        b'http://h/c.jpg,4,"two\nlines"\n'                  # lines 5-6: reported at 5
+        b"http://h/d.jpg,5,last\n")                         # line 7
+    items = list(read_records([path], "image_url", "taxon_id", None))
+    good = {r.line_number: r.url for r in items if not isinstance(r, RecordError)}
+    bad = {e.line_number: e.problem for e in items if isinstance(e, RecordError)}
+    assert good == {2: "http://h/a.jpg", 5: "http://h/c.jpg", 7: "http://h/d.jpg"}
+    assert set(bad) == {3, 4}
+    assert "more fields" in bad[3] and "not valid Unicode" in bad[4]

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
+
 from shardtools.build import run_build
 from shardtools.cache import ImageCache, url_key
 from shardtools.fetch import ManualClock
@@ -83,8 +85,8 @@ def test_two_appends_add_c_then_d_and_a_fourth_build_writes_nothing(tmp_path):
     assert verify_dataset(dataset).ok
 
 
-def test_existing_samples_keep_split_and_class_when_the_config_changes(tmp_path):
-    """Splits are fixed once written: a new salt or new fractions apply to new samples only."""
+def test_existing_samples_keep_split_and_class_when_labels_change(tmp_path):
+    """Splits and class ids are fixed once written: relabelled records change neither."""
     urls = [f"http://images.invalid/s/{i}.jpg" for i in range(24)]
     _cache(tmp_path, urls, seed=2)
     write_jsonl(tmp_path / "records.jsonl", _rows(urls[:16], label=3))
@@ -98,9 +100,7 @@ def test_existing_samples_keep_split_and_class_when_the_config_changes(tmp_path)
 
     rows = _rows(urls[:16], label=4) + _rows(urls[16:], label=3)  # relabelled: first wins
     write_jsonl(tmp_path / "records.jsonl", rows)
-    changed = dataclasses.replace(settings, split_salt="another salt",
-                                  splits={"train": 0.2, "val": 0.4, "test": 0.4})
-    summary = run_build(changed)
+    summary = run_build(settings)
     after = samples_on_disk(dataset)
     assert {k: after[k] for k in before} == before
     assert len(after) == 24
@@ -110,6 +110,31 @@ def test_existing_samples_keep_split_and_class_when_the_config_changes(tmp_path)
         split = name.split("/")[0]
         assert name > highest[split]
     assert verify_dataset(dataset).ok
+
+
+@pytest.mark.parametrize("change", [
+    {"split_salt": "another salt"},
+    {"splits": {"train": 0.2, "val": 0.4, "test": 0.4}},
+    {"splits": {"val": 0.2, "train": 0.6, "test": 0.2}},  # same fractions, another order
+])
+def test_changed_split_settings_are_refused_and_nothing_is_touched(tmp_path, change):
+    """A new salt or new fractions would send new photos of an observation already written
+    to another split; the build refuses, naming both settings, and writes nothing."""
+    from shardtools.errors import ConfigError
+
+    urls = [f"http://images.invalid/c/{i}.jpg" for i in range(12)]
+    _cache(tmp_path, urls, seed=5)
+    write_jsonl(tmp_path / "records.jsonl", _rows(urls[:8], label=1))
+    settings = builders.build_settings(tmp_path)
+    run_build(settings)
+    dataset = tmp_path / "dataset"
+    files_before = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    write_jsonl(tmp_path / "records.jsonl", _rows(urls, label=1))
+    with pytest.raises(ConfigError, match="split settings differ from this dataset's"):
+        run_build(dataclasses.replace(settings, **change))
+    files_after = {p: p.read_bytes() for p in dataset.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert files_after == files_before
 
 
 def test_pending_records_of_an_earlier_build_are_tried_again(tmp_path, image_host):
