@@ -39,6 +39,7 @@ from .dataset import LEDGER, DatasetLock, DatasetState, content_key, iter_ledger
 from .errors import ImageRejected, RecordError
 from .fetch import SYSTEM_CLOCK, Clock, Fetcher
 from .imaging.check import ProcessedImage
+from .interop import write_wids_indexes
 from .progress import LogProgress, Progress
 from .records import Record, read_records
 from .settings import BuildSettings
@@ -538,6 +539,7 @@ class _Build:
             **({"resumed": summary.resumed_builds} if summary.resumed_builds else {}),
         })
         self.state.save_manifest()
+        write_wids_indexes(self.state.dataset_dir, manifest)
         stats = {key: value for key, value in summary.__dict__.items() if key != "stats_file"}
         summary.stats_file = str(self.state.save_stats(self.build_id, stats))
 
