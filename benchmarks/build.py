@@ -79,6 +79,7 @@ def _this_build(work: Path, images: list[bytes], processes: int) -> float:
     settings = config_from_dict({"build": {
         "records": ["records.jsonl"], "cache_dir": "cache", "output_dir": "dataset",
         "image": {"size": SIZE, "quality": QUALITY, "processes": processes},
+        "fetch": {"threads": int(os.environ.get("BENCH_THREADS", 16))},
     }}, base_dir=work).build
     started = time.perf_counter()
     summary = run_build(settings)

@@ -115,7 +115,8 @@ def _check_build(build: BuildSettings) -> None:
     if not 1 <= image.quality <= 100:
         raise ConfigError("build.image.quality", f"must be 1..100, got {image.quality}")
     _positive("build.image.max_pixels", image.max_pixels)
-    _non_negative("build.image.processes", image.processes)
+    if image.processes is not None:
+        _non_negative("build.image.processes", image.processes)
 
     fetch = build.fetch
     _positive("build.fetch.threads", fetch.threads)

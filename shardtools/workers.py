@@ -7,20 +7,29 @@ main interpreter for CPU-bound builds from a full cache.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
+import os
 from concurrent.futures import ProcessPoolExecutor
 
 from .imaging.check import ProcessedImage, process_image
 from .settings import ImageSettings
+
+logger = logging.getLogger(__name__)
 
 
 class ImageWorkers:
     def __init__(self, settings: ImageSettings):
         self.settings = settings
         self._pool = None
-        if settings.processes > 0:
+        processes = settings.processes
+        if processes is None:
+            processes = os.cpu_count() or 1
+            logger.info("decoding images in %d worker processes (one per core; set "
+                        "image.processes to change)", processes)
+        if processes > 0:
             # spawn, not fork: the build holds threads and sockets that a fork would copy.
-            self._pool = ProcessPoolExecutor(settings.processes,
+            self._pool = ProcessPoolExecutor(processes,
                                              mp_context=multiprocessing.get_context("spawn"))
 
     def process(self, data: bytes) -> ProcessedImage:

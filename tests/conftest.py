@@ -51,7 +51,8 @@ def build_settings(tmp_path: Path, records="records.jsonl", **overrides):
         "url_field": "image_url", "label_field": "taxon_id", "group_field": "observation_id",
         "cache_dir": "cache", "output_dir": "dataset",
         "splits": {"train": 0.6, "val": 0.2, "test": 0.2}, "split_salt": "test",
-        "shard_max_samples": 8, "image": {"size": 64},
+        # processes 0: decode in the build's threads; a pool per test costs seconds.
+        "shard_max_samples": 8, "image": {"size": 64, "processes": 0, **overrides.pop("image", {})},
         "fetch": fetch, **overrides,
     }
     return config_from_dict({"build": build}, base_dir=tmp_path).build

@@ -309,3 +309,18 @@ def test_a_cut_ledger_line_is_skipped_not_fatal(tmp_path):
     assert dataset_status(tmp_path / "dataset")["splits"]
     summary = run_build(settings)  # rewrites the ledger whole
     assert len(_ledger(tmp_path / "dataset")) == 4 and summary.changed
+
+
+def test_worker_processes_write_the_same_samples_as_threads(tmp_path):
+    """image.processes > 0 (the default: one per core) decodes in a process pool; the
+    samples must be byte for byte those of the in-thread path."""
+    import dataclasses
+
+    _, settings = _cached_dataset(tmp_path, count=12)
+    run_build(settings)
+    pooled = dataclasses.replace(settings, output_dir=str(tmp_path / "pooled"),
+                                 image=dataclasses.replace(settings.image, processes=2))
+    run_build(pooled)
+    threads = {k: (v["split"], v["cls"], v["jpg"]) for k, v in _read_back(tmp_path / "dataset").items()}
+    processes = {k: (v["split"], v["cls"], v["jpg"]) for k, v in _read_back(tmp_path / "pooled").items()}
+    assert threads == processes and len(threads) == 12

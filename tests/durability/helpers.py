@@ -38,7 +38,7 @@ def write_config(folder: Path, records, cache_dir: Path, output_dir: Path, **ove
         "url_field": "image_url", "label_field": "taxon_id", "group_field": "observation_id",
         "cache_dir": str(cache_dir), "output_dir": str(output_dir),
         "splits": {"train": 0.6, "val": 0.2, "test": 0.2}, "split_salt": "durability",
-        "shard_max_samples": 3, "image": {"size": 32}, "fetch": fetch, **overrides,
+        "shard_max_samples": 3, "image": {"size": 32, "processes": 0}, "fetch": fetch, **overrides,
     }
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
