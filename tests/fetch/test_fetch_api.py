@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import threading
+from pathlib import Path
 
+import pytest
+
+from shardtools.errors import ConfigError
 from shardtools.fetch import Fetcher
+from shardtools.fetch.fetcher import MAX_THREADS, PENDING_REASONS, REJECTED_REASONS
 from shardtools.imagehost import Reply
 from shardtools.settings import FetchSettings
 
@@ -64,3 +70,47 @@ def test_the_context_manager_closes_every_connection(host, jpeg, clock):
             thread.join(timeout=10)
     assert host.count("/a.jpg") == 8
     assert fetcher._session.adapters["http://"].poolmanager.pools.keys() == set()
+
+
+@pytest.mark.parametrize("threads", [100_000_000_000, 1025, 0, -1, 16.5, True])
+def test_absurd_thread_counts_are_refused(threads):
+    """The Fetcher sizes its pool by `threads`: past MAX_THREADS (or under 1) it
+    refuses, naming the key as the config does, before allocating anything."""
+    with pytest.raises(ConfigError) as caught:
+        Fetcher(FetchSettings(threads=threads))
+    assert caught.value.key == "build.fetch.threads"
+
+
+def test_the_largest_thread_count_is_accepted(clock):
+    with Fetcher(FetchSettings(threads=MAX_THREADS), clock=clock):
+        pass
+
+
+@pytest.mark.parametrize("key, value", [
+    ("requests_per_second", 0), ("requests_per_second", float("nan")),
+    ("burst", 0), ("timeout_s", 0), ("image_deadline_s", float("inf")),
+    ("backoff_schedule_s", ()), ("backoff_schedule_s", (60.0, -1.0)),
+    ("rate_decrease", 1.5), ("max_bytes", 0), ("max_retries", -1),
+    ("max_redirects", -1), ("ramp_successes", 0), ("probe_poll_s", 0),
+    ("bytes_per_hour", -1), ("max_backoff_s", 0), ("retry_base_s", -1.0),
+])
+def test_every_setting_refused_is_named_under_build_fetch(key, value):
+    """The keys match the config file's: build.fetch.<name>."""
+    with pytest.raises(ConfigError) as caught:
+        Fetcher(FetchSettings(**{key: value}))
+    assert caught.value.key == f"build.fetch.{key}"
+
+
+def test_every_reason_code_is_in_the_docs_table():
+    """docs/fetching.md's reason table lists every code the fetcher can give."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "fetching.md"
+    rows = [line for line in docs.read_text(encoding="utf-8").splitlines()
+            if line.startswith(("| pending |", "| rejected |"))]
+    documented = {(row.split("|")[1].strip(), code)
+                  for row in rows for code in re.findall(r"`([a-z0-9_<>]+)`",
+                                                        row.split("|")[2])}
+    expected = ({("pending", code) for code in PENDING_REASONS}
+                | {("rejected", code) for code in REJECTED_REASONS}
+                | {("rejected", "http_204"), ("rejected", "http_205"),
+                   ("rejected", "http_<code>")})
+    assert expected <= documented

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,6 +149,28 @@ def test_bytes_per_hour_paces_requests_by_the_bytes_they_bring(host, make_fetche
     elapsed = clock.monotonic() - start
     assert fetcher.counters()["bytes"] == 300_000
     assert 300_000 <= 1000 * elapsed + 60 * 1000 + 10_000
+
+
+def test_bytes_per_hour_counts_bytes_on_the_wire_not_decoded(host, make_fetcher,
+                                                            clock):
+    """Compressed bodies pace by what they cost the host: 30 images of 10 kB that
+    travel as a few dozen bytes each stay within the one-minute allowance, so the byte
+    ceiling never holds a request back (decoded, they would need minutes)."""
+    fetcher = make_fetcher(requests_per_second=1000.0, burst=10,
+                           bytes_per_hour=3_600_000)  # 1000 bytes/s
+    image = b"\xff\xd8\xff\xe0" + bytes(9_996)
+    wire = gzip.compress(image)
+    for i in range(30):
+        host.answer(f"/{i}.jpg", Reply(200, wire, "image/jpeg",
+                                       (("Content-Encoding", "gzip"),)))
+    start = clock.monotonic()
+    for i in range(30):
+        assert fetcher.fetch(host.url(f"/{i}.jpg")).data == image
+    elapsed = clock.monotonic() - start
+    assert fetcher.counters()["bytes"] == 30 * len(wire)
+    # The request pace alone: at most 30 slots of 1 ms. The decoded 300 kB, less the
+    # 60 kB allowance, would have taken 240 s at 1000 bytes/s.
+    assert elapsed <= 30 / 1000.0 + 1e-9
 
 
 def test_a_throttled_host_leaves_another_host_alone(host, jpeg, fetcher, clock):

@@ -60,3 +60,36 @@ def test_malformed_urls_are_rejected(fetcher, url):
     """No host, a bad port, no scheme: rejected("invalid_url")."""
     result = fetcher.fetch(url)
     assert (result.outcome, result.reason) == ("rejected", "invalid_url")
+
+
+@pytest.mark.parametrize("template", [
+    "http://127.0.0 .1:{port}/a.jpg",          # a space in the host
+    "http://127.0.0.1 :{port}/a.jpg",          # ... or before the port
+    "http://127.0.0.1\t:{port}/a.jpg",         # a tab there (urlsplit would drop it)
+    "http://127.0.0.1:{port}/a\n.jpg",         # a newline in the path (likewise)
+    "http://127.0.0.1:{port}/a\r\n.jpg",
+    "http://127.0.0.1:{port}/a\x00.jpg",       # NUL
+    "http://127.0.0.1:{port}/a\x7f.jpg",       # DEL
+    "http://127.0.0.1:{port}/a\x85.jpg",       # a C1 control (NEL)
+    "http://127.0.0.1:{port}/a\u2028.jpg",     # a line separator
+    "http://127.0.0.1:{port}/a.jpg\x1b",
+    " http://127.0.0.1:{port}/a.jpg",          # surrounding whitespace: the build
+    "http://127.0.0.1:{port}/a.jpg\n",         # strips it; the fetcher does not guess
+    "http://127..0.1:{port}/a.jpg",            # an empty label: cannot be resolved
+])
+def test_control_characters_and_spaces_in_the_host_are_invalid(host, jpeg, fetcher,
+                                                               template):
+    """rejected("invalid_url"), never an exception, and nothing sent: not even the
+    URL urlsplit would make of it by dropping the offending characters."""
+    host.add("/a.jpg", jpeg)
+    port = host.base_url.rsplit(":", 1)[1]
+    result = fetcher.fetch(template.format(port=port))
+    assert (result.outcome, result.reason) == ("rejected", "invalid_url")
+    assert host.total_requests == 0
+
+
+def test_a_space_in_the_path_is_sent_percent_encoded(host, jpeg, fetcher):
+    """Spaces are tolerated where a browser tolerates them: the path."""
+    host.add("/a%20b.jpg", jpeg)
+    result = fetcher.fetch(host.url("/a b.jpg"))
+    assert result.ok and result.data == jpeg
