@@ -99,9 +99,11 @@ def _transcode(data: bytes) -> int:
     image = image.convert("RGB")
     scale = SIZE / min(image.size)
     if scale < 1:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+        # The build's default filter (image.resample: bilinear), antialiased like it.
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.BILINEAR)
     out = io.BytesIO()
-    image.save(out, "JPEG", quality=QUALITY)
+    image.save(out, "JPEG", quality=QUALITY, subsampling="4:2:0", optimize=False)  # as the build
     return out.tell()
 
 

@@ -19,13 +19,16 @@ def photo_paths() -> list[Path]:
 
 
 def derived_photos(count: int, long_side: int = 640, seed: int = 0, quality: int = 90) -> list[bytes]:
-    """`count` distinct JPEGs about the size of a photo host's 'medium' image: a random
+    """`count` distinct (never byte-identical) JPEGs about the size of a photo host's 'medium' image: a random
     crop of a corpus photo scaled back to `long_side`."""
     rng = random.Random(seed)
     sources = [Image.open(p).convert("RGB") for p in photo_paths()]
     images = []
-    for i in range(count):
+    seen = set()
+    i = 0
+    while len(images) < count:
         source = sources[i % len(sources)]
+        i += 1
         width, height = source.size
         scale = rng.uniform(0.7, 1.0)
         crop_w, crop_h = int(width * scale), int(height * scale)
@@ -35,5 +38,8 @@ def derived_photos(count: int, long_side: int = 640, seed: int = 0, quality: int
         crop = crop.resize((round(crop.width * factor), round(crop.height * factor)), Image.BICUBIC)
         buffer = io.BytesIO()
         crop.save(buffer, "JPEG", quality=quality)
-        images.append(buffer.getvalue())
+        data = buffer.getvalue()
+        if data not in seen:  # two crops can round to the same box: keep samples distinct
+            seen.add(data)
+            images.append(data)
     return images

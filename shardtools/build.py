@@ -25,7 +25,6 @@ it listed stay, the rest is redone, and the ledger is rebuilt from what the shar
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -53,7 +52,8 @@ logger = logging.getLogger(__name__)
 # and download the URL again.
 _REFETCH_CACHE_REASONS = frozenset({"truncated", "not_an_image", "decode_error"})
 # Network rejections that a later build would only repeat; other rejections are re-checked.
-_STICKY_REJECTIONS = ("http_", "redirect_loop", "unsupported_scheme", "too_large", "invalid_url")
+_STICKY_REJECTIONS = ("http_", "redirect_loop", "too_many_redirects", "unsupported_scheme",
+                      "too_large", "invalid_url")
 
 
 @dataclass(slots=True)
@@ -319,33 +319,32 @@ class _Build:
 
     def _resolve(self, record: Record) -> Outcome:
         """Runs in a resolve thread: cache first, then the network; then the image check."""
-        data = self.cache.read(record.url)
-        if data is not None:
-            try:
-                return self._checked(data, "cache")
-            except ImageRejected as rejection:
-                if rejection.reason not in _REFETCH_CACHE_REASONS:
-                    return Outcome("rejected", rejection.reason, "cache", content_sha256=_sha(data))
-                self.cache.set_aside(record.url, rejection.reason)
+        path = self.cache.file_for(record.url)
+        checked = self.workers.check_file(path)
+        if checked.read_error is not None:
+            self.cache.note_read_error(path, checked.read_error)  # then download it
+        elif not checked.missing:
+            if checked.image is not None:
+                return Outcome("written", None, "cache", checked.image, checked.sha256)
+            reason = checked.rejection.reason
+            if reason not in _REFETCH_CACHE_REASONS:
+                return Outcome("rejected", reason, "cache", content_sha256=checked.sha256)
+            self.cache.set_aside(record.url, reason)
 
         crashpoints.reach("fetch:start")
         result = self.fetcher.fetch(record.url.strip())
         crashpoints.reach("fetch:done")
         if not result.ok:
             return Outcome(result.outcome, result.reason, "network", final_url=result.final_url)
-        try:
-            outcome = self._checked(result.data, "network")
-        except ImageRejected as rejection:
-            if rejection.reason not in _REFETCH_CACHE_REASONS:
+        checked = self.workers.check_bytes(result.data)
+        if checked.image is None:
+            if checked.rejection.reason not in _REFETCH_CACHE_REASONS:
                 self.cache.store(record.url, result.data)  # a real picture, just unusable
-            return Outcome("rejected", rejection.reason, "network", final_url=result.final_url)
+            return Outcome("rejected", checked.rejection.reason, "network",
+                           final_url=result.final_url)
         self.cache.store(record.url, result.data)
-        outcome.final_url = result.final_url
-        return outcome
-
-    def _checked(self, data: bytes, source: str) -> Outcome:
-        image = self.workers.process(data)
-        return Outcome("written", None, source, image, _sha(data))
+        return Outcome("written", None, "network", checked.image, checked.sha256,
+                       final_url=result.final_url)
 
     def _take(self, entry: _Entry, record: Record, future) -> None:
         """Main thread: record the outcome and write the sample if it has an image."""
@@ -547,10 +546,6 @@ class _Build:
 def _position(source_number: int, line_number: int) -> int:
     """A record's place in the input as one int: file number, then line (< 2**32)."""
     return (source_number << 32) | line_number
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def _iso(epoch: float) -> str:

@@ -40,30 +40,35 @@ class ImageCache:
         self.write_errors = 0
 
     def path_for(self, url: str) -> Path:
-        return Path(self._file_for(url))
+        return Path(self.file_for(url))
 
-    def _file_for(self, url: str) -> str:
+    def file_for(self, url: str) -> str:
         # Plain strings, not Path objects: pathlib interns every name it parses, which for
         # a million cache files is a million strings held for the life of the process.
         return os.path.join(self._folder, f"{url_key(url)}.jpg")
 
     def read(self, url: str) -> bytes | None:
-        path = self._file_for(url)
+        path = self.file_for(url)
         try:
             with open(path, "rb") as stream:
                 return stream.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
-            self.read_errors += 1
-            _warn_limited(self.read_errors, "cannot read cache file %s (%s); downloading it "
-                          "instead", path, exc.strerror or exc)
+            self.note_read_error(path, exc.strerror or str(exc))
             return None
+
+    def note_read_error(self, path: str, problem: str) -> None:
+        """Count (and, the first few times, log) a cache file that exists but cannot be
+        read; the caller downloads the URL instead."""
+        self.read_errors += 1
+        _warn_limited(self.read_errors, "cannot read cache file %s (%s); downloading it "
+                      "instead", path, problem)
 
     def store(self, url: str, data: bytes) -> None:
         # No fsync per image: a cache file lost or cut by a power failure is caught by the
         # image check on the next read and downloaded again.
-        path = self._file_for(url)
+        path = self.file_for(url)
         temp = f"{path}{TEMP_MARK}{os.getpid()}-{threading.get_ident()}"
         try:
             try:
@@ -78,12 +83,12 @@ class ImageCache:
         except OSError as exc:
             self.write_errors += 1
             _warn_limited(self.write_errors, "cannot write cache file %s (%s); the image is "
-                          "still written to its shard", self._file_for(url), exc.strerror or exc)
+                          "still written to its shard", self.file_for(url), exc.strerror or exc)
 
     def set_aside(self, url: str, reason: str) -> None:
         """Rename a broken cache file to `<md5>.jpg.<reason>` so it is fetched anew next time
         but kept for a user who wants to look at it."""
-        path = self._file_for(url)
+        path = self.file_for(url)
         try:
             os.replace(path, f"{path}.{reason}")
             logger.info("cache file %s is %s; set aside, it will be downloaded again",

@@ -112,6 +112,9 @@ def _check_build(build: BuildSettings) -> None:
     if image.resize not in _RESIZE_MODES:
         raise ConfigError("build.image.resize", f"must be one of {', '.join(_RESIZE_MODES)}, got {image.resize!r}")
     _positive("build.image.size", image.size)
+    if image.resample not in ("bilinear", "bicubic", "lanczos", "box"):
+        raise ConfigError("build.image.resample", f"must be one of bilinear, bicubic, lanczos, "
+                          f"box, got {image.resample!r}")
     if not 1 <= image.quality <= 100:
         raise ConfigError("build.image.quality", f"must be 1..100, got {image.quality}")
     _positive("build.image.max_pixels", image.max_pixels)

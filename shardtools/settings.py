@@ -53,6 +53,8 @@ class ImageSettings:
     resize: str = "shorter_side"  # shorter_side | longer_side | keep
     size: int = 256
     quality: int = 90
+    # Filter for the resize: bilinear | bicubic | lanczos | box (imaging/check.py).
+    resample: str = "bilinear"
     # Refused from the header, before any pixel is decoded (decompression bombs).
     max_pixels: int = 64_000_000
     min_side: int = 16

