@@ -19,15 +19,14 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .settings import BuildSettings, Config, FetchSettings, ImageSettings, TrainSettings
+from .settings import (MAX_FETCH_THREADS, BuildSettings, Config, FetchSettings, ImageSettings,
+                       TrainSettings)
 
 logger = logging.getLogger(__name__)
 
 _RESIZE_MODES = ("shorter_side", "longer_side", "keep")
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-# Downloads are I/O bound, but each thread holds a connection; past this a build only
-# hurts the hosts it asks and the machine it runs on.
-MAX_THREADS = 1024
+
 _PATH_KEYS = {"build": ("records", "cache_dir", "output_dir"), "train": ("dataset",)}
 
 
@@ -123,8 +122,8 @@ def _check_build(build: BuildSettings) -> None:
 
     fetch = build.fetch
     _positive("build.fetch.threads", fetch.threads)
-    if fetch.threads > MAX_THREADS:
-        raise ConfigError("build.fetch.threads", f"at most {MAX_THREADS}, got {fetch.threads}")
+    if fetch.threads > MAX_FETCH_THREADS:
+        raise ConfigError("build.fetch.threads", f"at most {MAX_FETCH_THREADS}, got {fetch.threads}")
     _positive("build.fetch.requests_per_second", fetch.requests_per_second)
     _positive("build.fetch.burst", fetch.burst)
     _positive("build.fetch.timeout_s", fetch.timeout_s)

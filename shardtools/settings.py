@@ -9,6 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# Downloads are I/O bound, but each thread holds a connection; past this a build only
+# hurts the hosts it asks and the machine it runs on.
+MAX_FETCH_THREADS = 1024
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     """How the fetcher talks to image hosts (see `shardtools.fetch`)."""

@@ -49,7 +49,7 @@ from urllib3.util.retry import Retry
 
 from ..errors import ConfigError
 from ..imaging.sniff import sniff_format
-from ..settings import FetchSettings
+from ..settings import MAX_FETCH_THREADS, FetchSettings
 from .clock import SYSTEM_CLOCK, Clock
 from .host import HostState, Ticket
 from .watchdog import WatchedAdapter, Watchdog
@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 
 PENDING_REASONS = frozenset({
     "host_cache_only", "rate_limited", "timeout", "connection_error", "server_error",
-    "deadline_exceeded", "partial_content",
+    "deadline_exceeded", "partial_content", "not_ready",
 })
 REJECTED_REASONS = frozenset({
     "invalid_url", "unsupported_scheme", "redirect_loop", "too_many_redirects",
@@ -75,8 +75,9 @@ _NO_CONTENT = frozenset({204, 205})
 # A part of the body we never asked for (we send no Range): the host is at fault, and
 # the bytes are not kept.
 _PARTIAL = 206
+_ACCEPTED = 202
 # The most download threads a Fetcher accepts: each may hold a pooled connection.
-MAX_THREADS = 1024
+MAX_THREADS = MAX_FETCH_THREADS
 # Answers worth another try; 503 only without Retry-After (with it, it is a throttle).
 # Other 5xx are retried too, except these two, which say the request is at fault.
 _TRANSIENT_STATUSES = frozenset({408, 500, 502, 503, 504})
@@ -280,6 +281,10 @@ class Fetcher:
             return _Redirect(status, location), host.answered
         if status == _PARTIAL:
             return _pending("partial_content", url, status), host.answered
+        if status == _ACCEPTED:
+            # "Accepted, not ready": hosts that render thumbnails on demand say this. The
+            # image may well exist later, so the record waits rather than being lost.
+            return _pending("not_ready", url, status), host.answered
         if status in _NO_CONTENT:
             return _rejected(f"http_{status}", url, status), host.answered
         if status in _TRANSIENT_STATUSES or (

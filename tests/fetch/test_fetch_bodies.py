@@ -91,6 +91,17 @@ def test_a_206_nobody_asked_for_is_pending_and_not_kept(host, jpeg, fetcher, one
     assert later.ok and later.data == jpeg
 
 
+def test_a_202_is_pending_not_ready(host, jpeg, fetcher, one_host):
+    """202 Accepted ("being rendered, come back later") is no verdict on the URL: the
+    record waits as pending("not_ready") and a later pass gets the image."""
+    host.add("/a.jpg", jpeg)
+    host.script("/a.jpg", Reply(202, b"", "text/plain"))
+    result = fetcher.fetch(host.url("/a.jpg"))
+    assert (result.outcome, result.reason, result.http_status) == ("pending", "not_ready", 202)
+    assert not one_host(fetcher)["in_window"]
+    assert fetcher.fetch(host.url("/a.jpg")).data == jpeg
+
+
 def _compressible_image(size: int) -> bytes:
     return b"\xff\xd8\xff\xe0" + bytes(size - 4)  # sniffs as JPEG, compresses well
 
