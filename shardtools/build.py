@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 # A cache file rejected for one of these is damaged rather than a bad picture: set it aside
 # and download the URL again.
+# So many URLs with byte-identical images is a placeholder more often than a real photo
+# (a re-posted photo is one or two more URLs, not five).
+PLACEHOLDER_MIN_URLS = 5
 _REFETCH_CACHE_REASONS = frozenset({"truncated", "not_an_image", "decode_error"})
 # Network rejections that a later build would only repeat; other rejections are re-checked.
 _STICKY_REJECTIONS = ("http_", "redirect_loop", "too_many_redirects", "unsupported_scheme",
@@ -102,6 +105,9 @@ class BuildSummary:
     duplicate_content: int = 0
     # URLs whose bytes duplicate a written sample that has another label.
     duplicate_label_conflicts: int = 0
+    # Samples whose bytes came from PLACEHOLDER_MIN_URLS or more URLs: likely a host's
+    # "no image" picture rather than a photo. sample key -> number of URLs.
+    suspected_placeholders: dict[str, int] = field(default_factory=dict)
     # Builds found killed ("running") when this one opened the directory, and the
     # files they left that were removed.
     resumed_builds: list[int] = field(default_factory=list)
@@ -167,6 +173,8 @@ class _Build:
         # Samples handed to a writer in this build: key -> class id. Their shard may not be
         # listed yet, but a duplicate must already be measured against them.
         self.placed: dict[str, int] = {}
+        # Written sample -> how many other URLs gave its very bytes (placeholder hunting).
+        self.urls_per_content: Counter = Counter()
         self.summary.resumed_builds = list(state.interrupted)
         self.summary.removed_leftovers = list(state.removed_leftovers)
 
@@ -271,6 +279,7 @@ class _Build:
             entry.twin = duplicate[1]
             self.summary.already_written += 1
             self.summary.duplicate_content += 1
+            self.urls_per_content[entry.twin] += 1
 
     def _resolve_and_write(self, wanted: str | None) -> None:
         """Stream the records; resolve the first record of each URL whose status is
@@ -357,6 +366,7 @@ class _Build:
                 outcome = Outcome("duplicate", "duplicate_content", outcome.source,
                                   content_sha256=outcome.content_sha256, twin=twin)
                 self.summary.duplicate_content += 1
+                self.urls_per_content[twin] += 1
                 written = self.state.written.get(twin)
                 twin_class = written.class_id if written is not None else self.placed[twin]
                 self._note_duplicate_label(entry, record.url, twin, twin_class)
@@ -499,6 +509,14 @@ class _Build:
         summary.written_by_split = dict(Counter(
             e.split for e in self.index.values() if e.status == "written"))
         summary.cache_errors = self.cache.read_errors + self.cache.write_errors
+        summary.suspected_placeholders = {
+            key: others + 1 for key, others in self.urls_per_content.most_common()
+            if others + 1 >= PLACEHOLDER_MIN_URLS}
+        for key, count in list(summary.suspected_placeholders.items())[:5]:
+            logger.warning("suspected placeholder: %d different URLs give the very bytes of "
+                           "sample %s (%s); look at it, and reject those URLs at the source "
+                           "if it is not a real photo", count, key,
+                           self.state.written[key].shard if key in self.state.written else "?")
         summary.fetch_counters = {**self.fetcher.counters(), "cached": summary.from_cache}
         summary.hosts = self.fetcher.host_report()
         new_shards = Counter(name.split("/", 1)[0] for name in summary.new_shards)

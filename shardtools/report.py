@@ -32,6 +32,11 @@ def format_summary(summary: BuildSummary) -> str:
     if s.duplicate_label_conflicts:
         lines.append(f"  {s.duplicate_label_conflicts:,} of those have another label than the "
                      "sample they duplicate; its label is kept (ledger: label_conflict)")
+    if s.suspected_placeholders:
+        worst = max(s.suspected_placeholders.values())
+        lines.append(f"  {len(s.suspected_placeholders):,} images each come from 5 or more "
+                     f"different URLs (up to {worst:,}): suspected placeholders, see the "
+                     "warnings and the ledger (note: duplicate_content)")
     if s.pending_records:
         lines.append(f"  pending: {s.pending_records:,} records ({_reasons(s.pending_by_reason)}); "
                      "run the build again later to fetch them")

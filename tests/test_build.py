@@ -324,3 +324,20 @@ def test_worker_processes_write_the_same_samples_as_threads(tmp_path):
     threads = {k: (v["split"], v["cls"], v["jpg"]) for k, v in _read_back(tmp_path / "dataset").items()}
     processes = {k: (v["split"], v["cls"], v["jpg"]) for k, v in _read_back(tmp_path / "pooled").items()}
     assert threads == processes and len(threads) == 12
+
+
+def test_one_image_behind_many_urls_is_reported_as_a_suspected_placeholder(tmp_path, caplog):
+    """A host's 'no photo' picture served under many URLs is kept once and reported."""
+    placeholder = photo_variants(1, seed=17)[0]
+    urls = [f"http://images.invalid/ph/{i}.jpg" for i in range(7)]
+    cache = ImageCache(tmp_path / "cache")
+    for url in urls:
+        cache.store(url, placeholder)
+    real = [f"http://images.invalid/real/{i}.jpg" for i in range(3)]
+    for url, data in zip(real, photo_variants(3, seed=18)):
+        cache.store(url, data)
+    write_jsonl(tmp_path / "records.jsonl", _records(urls + real))
+    summary = run_build(build_settings(tmp_path))
+    assert summary.suspected_placeholders == {url_key(urls[0]): 7}
+    assert summary.new_samples == 4 and summary.duplicate_content == 6
+    assert "suspected placeholder: 7 different URLs" in caplog.text
