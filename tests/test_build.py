@@ -341,3 +341,44 @@ def test_one_image_behind_many_urls_is_reported_as_a_suspected_placeholder(tmp_p
     assert summary.suspected_placeholders == {url_key(urls[0]): 7}
     assert summary.new_samples == 4 and summary.duplicate_content == 6
     assert "suspected placeholder: 7 different URLs" in caplog.text
+
+
+def test_drain_deadline_keeps_going_until_the_pending_records_are_written(tmp_path):
+    """A long run (drain_deadline_s) waits out the host's windows on the clock, probes, and
+    writes every record, instead of stopping with pending ones. The host's bucket runs on
+    the same virtual clock, so the 60 s windows pass in milliseconds."""
+    from shardtools.imagehost import ImageHost
+
+    clock = ManualClock()
+    with ImageHost(clock=clock.monotonic) as host:
+        photos = photo_variants(12, seed=19)
+        urls = []
+        for i, data in enumerate(photos):
+            host.add(f"/d/{i}.jpg", data)
+            urls.append(host.url(f"/d/{i}.jpg"))
+        write_jsonl(tmp_path / "records.jsonl", _records(urls))
+        host.throttle(rate=0.2, burst=2, retry_after=60)
+        settings = build_settings(tmp_path, drain_deadline_s=3600,
+                                  fetch={"threads": 2, "requests_per_second": 5, "burst": 2})
+        started = clock.monotonic()
+        summary = run_build(settings, clock=clock)
+        assert host.count_429 >= 1
+    assert summary.pending_records == 0 and summary.downloaded == 12
+    assert clock.monotonic() - started >= 60  # it waited out at least one window
+    assert summary.exit_code == 0
+
+
+def test_without_a_drain_deadline_pending_records_wait_for_the_next_build(tmp_path):
+    from shardtools.imagehost import ImageHost
+
+    clock = ManualClock()
+    with ImageHost(clock=clock.monotonic) as host:
+        photos = photo_variants(6, seed=20)
+        urls = []
+        for i, data in enumerate(photos):
+            host.add(f"/e/{i}.jpg", data)
+            urls.append(host.url(f"/e/{i}.jpg"))
+        write_jsonl(tmp_path / "records.jsonl", _records(urls))
+        host.throttle(rate=0.001, burst=2, retry_after=60)
+        summary = run_build(build_settings(tmp_path, fetch={"threads": 1}), clock=clock)
+    assert summary.downloaded == 2 and summary.pending_records == 4
