@@ -41,6 +41,34 @@ def write_jsonl(path: Path, rows) -> Path:
     return path
 
 
+def cached_records(root: Path, prefix: str, count: int, seed: int, label_of=lambda i: i % 2,
+                   records: str = "records.jsonl") -> list[str]:
+    """`count` real-photo images in root/cache under http://images.invalid/PREFIX/N.jpg,
+    and a records file naming them (observation id = URL). Returns the URLs."""
+    from shardtools.cache import ImageCache
+
+    urls = [f"http://images.invalid/{prefix}/{i}.jpg" for i in range(count)]
+    cache = ImageCache(root / "cache")
+    for url, data in zip(urls, photo_variants(count, seed=seed)):
+        cache.store(url, data)
+    write_jsonl(root / records, [{"image_url": u, "taxon_id": label_of(i), "observation_id": u}
+                                 for i, u in enumerate(urls)])
+    return urls
+
+
+def hosted_records(root: Path, host, prefix: str, count: int, seed: int) -> list[str]:
+    """`count` real-photo images served by `host` under /PREFIX/N.jpg, and a records file
+    naming them. Returns the URLs."""
+    urls = []
+    for i, data in enumerate(photo_variants(count, seed=seed)):
+        host.add(f"/{prefix}/{i}.jpg", data)
+        urls.append(host.url(f"/{prefix}/{i}.jpg"))
+    write_jsonl(root / "records.jsonl",
+                [{"image_url": u, "taxon_id": i % 3, "observation_id": f"obs-{i}"}
+                 for i, u in enumerate(urls)])
+    return urls
+
+
 def build_settings(tmp_path: Path, records="records.jsonl", **overrides):
     """BuildSettings for a dataset under tmp_path, through the public config path."""
     fetch = {"threads": 4, "requests_per_second": 1000, "burst": 50, "timeout_s": 5,

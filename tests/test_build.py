@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from conftest import build_settings, photo_variants, write_jsonl
+from conftest import build_settings, hosted_records, photo_variants, write_jsonl
 from shardtools.build import run_build
 from shardtools.cache import ImageCache, url_key
 from shardtools.fetch import ManualClock
@@ -351,12 +351,7 @@ def test_drain_deadline_keeps_going_until_the_pending_records_are_written(tmp_pa
 
     clock = ManualClock()
     with ImageHost(clock=clock.monotonic) as host:
-        photos = photo_variants(12, seed=19)
-        urls = []
-        for i, data in enumerate(photos):
-            host.add(f"/d/{i}.jpg", data)
-            urls.append(host.url(f"/d/{i}.jpg"))
-        write_jsonl(tmp_path / "records.jsonl", _records(urls))
+        hosted_records(tmp_path, host, "d", 12, seed=19)
         host.throttle(rate=0.2, burst=2, retry_after=60)
         settings = build_settings(tmp_path, drain_deadline_s=3600,
                                   fetch={"threads": 2, "requests_per_second": 5, "burst": 2})
@@ -373,12 +368,7 @@ def test_without_a_drain_deadline_pending_records_wait_for_the_next_build(tmp_pa
 
     clock = ManualClock()
     with ImageHost(clock=clock.monotonic) as host:
-        photos = photo_variants(6, seed=20)
-        urls = []
-        for i, data in enumerate(photos):
-            host.add(f"/e/{i}.jpg", data)
-            urls.append(host.url(f"/e/{i}.jpg"))
-        write_jsonl(tmp_path / "records.jsonl", _records(urls))
+        hosted_records(tmp_path, host, "e", 6, seed=20)
         host.throttle(rate=0.001, burst=2, retry_after=60)
         summary = run_build(build_settings(tmp_path, fetch={"threads": 1}), clock=clock)
     assert summary.downloaded == 2 and summary.pending_records == 4

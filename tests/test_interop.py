@@ -12,20 +12,15 @@ import pytest
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from conftest import build_settings, photo_variants, write_jsonl
+from conftest import build_settings, cached_records
 from shardtools.build import run_build
-from shardtools.cache import ImageCache, url_key
+from shardtools.cache import url_key
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("interop")
-    urls = [f"http://images.invalid/i/{i}.jpg" for i in range(20)]
-    cache = ImageCache(root / "cache")
-    for url, data in zip(urls, photo_variants(len(urls), seed=8)):
-        cache.store(url, data)
-    write_jsonl(root / "records.jsonl",
-                [{"image_url": u, "taxon_id": i % 2, "observation_id": u} for i, u in enumerate(urls)])
+    urls = cached_records(root, "i", 20, seed=8)
     run_build(build_settings(root, splits={"train": 0.5, "val": 0.5}, shard_max_samples=4))
     return root / "dataset", {url_key(u): str(i % 2) for i, u in enumerate(urls)}
 

@@ -8,21 +8,15 @@ import socket
 import pytest
 import torch
 
-from conftest import build_settings, photo_variants, write_jsonl
+from conftest import build_settings, cached_records
 from loaders import make_loader
 from shardtools.build import run_build
-from shardtools.cache import ImageCache
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader")
-    urls = [f"http://images.invalid/l/{i}.jpg" for i in range(72)]
-    cache = ImageCache(root / "cache")
-    for url, data in zip(urls, photo_variants(len(urls), seed=21)):
-        cache.store(url, data)
-    write_jsonl(root / "records.jsonl",
-                [{"image_url": u, "taxon_id": i % 4, "observation_id": u} for i, u in enumerate(urls)])
+    cached_records(root, "l", 72, seed=21, label_of=lambda i: i % 4)
     settings = build_settings(root, splits={"train": 0.5, "val": 0.3, "test": 0.2},
                               shard_max_samples=6)
     run_build(settings)

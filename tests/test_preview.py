@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_settings, photo_variants, write_jsonl
+from conftest import build_settings, cached_records
 from shardtools.build import run_build
-from shardtools.cache import ImageCache
 from shardtools.cli import main
 from shardtools.errors import DatasetError
 
@@ -16,13 +15,7 @@ from shardtools.errors import DatasetError
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("preview")
-    urls = [f"http://images.invalid/v/{i}.jpg" for i in range(30)]
-    cache = ImageCache(root / "cache")
-    for url, data in zip(urls, photo_variants(len(urls), seed=4)):
-        cache.store(url, data)
-    write_jsonl(root / "records.jsonl",
-                [{"image_url": u, "taxon_id": f"taxon-{i % 3}", "observation_id": u}
-                 for i, u in enumerate(urls)])
+    cached_records(root, "v", 30, seed=4, label_of=lambda i: f"taxon-{i % 3}")
     run_build(build_settings(root, splits={"train": 0.5, "val": 0.5}))
     return root / "dataset"
 
