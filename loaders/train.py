@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, only="train")  # training needs no records
     except ShardToolsError as exc:
         print(f"loaders.train: config error: {exc}", file=sys.stderr)
         return 2

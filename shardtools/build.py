@@ -35,7 +35,7 @@ from pathlib import Path
 from . import crashpoints
 from .cache import ImageCache, url_key
 from .dataset import LEDGER, DatasetLock, DatasetState, content_key, iter_ledger
-from .errors import ImageRejected, RecordError
+from .errors import ConfigError, RecordError
 from .fetch import SYSTEM_CLOCK, Clock, Fetcher
 from .imaging.check import ProcessedImage
 from .interop import write_wids_indexes
@@ -117,6 +117,7 @@ class BuildSummary:
     # Cache files that could not be read (downloaded instead) or written (shard still got
     # the image).
     cache_errors: int = 0
+    cache_created: bool = False   # build.cache_dir did not exist: nothing could come from it
     fetch_counters: dict[str, int] = field(default_factory=dict)
     hosts: dict[str, dict] = field(default_factory=dict)
     wall_s: float = 0.0
@@ -145,6 +146,7 @@ def run_build(settings: BuildSettings, clock: Clock = SYSTEM_CLOCK,
         with DatasetLock(dataset_dir):
             state = DatasetState.open(dataset_dir, settings.splits)
             state.check_split_settings(settings.split_salt, settings.splits)
+            state.check_record_fields(settings.label_field, settings.group_field)
             with Fetcher(settings.fetch, clock=clock) as fetcher, \
                     ImageWorkers(settings.image) as workers:
                 return _Build(settings, state, fetcher, workers, clock, progress).run()
@@ -246,6 +248,8 @@ class _Build:
             self.index[key] = entry
             self._recall_previous_fate(key, item.record_id, entry)
 
+        if num_records and num_errors == num_records:
+            raise ConfigError(*self._likely_config_mistake())
         new_labels = state.classes.add_new(
             e.label for e in self.index.values() if e.status != "known")
         self.summary.new_classes = len(new_labels)
@@ -265,6 +269,20 @@ class _Build:
         logger.info("%d records, %d samples: %d already written, %d to do", num_records,
                     len(self.index), self.summary.already_written, todo)
         return todo
+
+    def _likely_config_mistake(self) -> tuple[str, str]:
+        """No line made a record: most likely a field name in the config is wrong. Name the
+        commonest problem and what the first line holds, rather than reject every line."""
+        problems = Counter()
+        for _, item in self._records():
+            problems[item.problem] += 1
+        problem, count = problems.most_common(1)[0]
+        key = "build.records"
+        for field_key in ("url_field", "label_field"):
+            if f"missing field {getattr(self.settings, field_key)!r}" == problem:
+                key = f"build.{field_key}"
+        return key, (f"no line of the input makes a record; {count:,} of them say: "
+                     f"{problem}. Check the field names against the records")
 
     def _recall_previous_fate(self, key: str, record_id: str, entry: _Entry) -> None:
         """What the last build learnt that need not be learnt again: a network rejection
@@ -457,7 +475,9 @@ class _Build:
                     row.setdefault("note", "duplicate_url")
                     row["first_record"] = self._record_id(entry.first)
             else:
-                row.update(status=entry.status, reason=entry.reason, source=entry.source)
+                row.update(status=entry.status, reason=entry.reason)
+                if entry.source:  # where the image (or the answer) came from
+                    row["image_from"] = entry.source
             if item.label != (label_of(target.class_id) if target else entry.label):
                 row["label_conflict"] = True
             yield row
@@ -509,6 +529,7 @@ class _Build:
         summary.written_by_split = dict(Counter(
             e.split for e in self.index.values() if e.status == "written"))
         summary.cache_errors = self.cache.read_errors + self.cache.write_errors
+        summary.cache_created = self.cache.created
         summary.suspected_placeholders = {
             key: others + 1 for key, others in self.urls_per_content.most_common()
             if others + 1 >= PLACEHOLDER_MIN_URLS}

@@ -34,6 +34,13 @@ class ImageCache:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
+        # A misspelt cache_dir would silently mean downloading everything again: a day of
+        # requests to a rate-limited host. Say so loudly.
+        self.created = not self.folder.exists()
+        if self.created:
+            logger.warning("cache folder %s does not exist: creating it, so every image will be "
+                           "downloaded. If your images are cached elsewhere, fix build.cache_dir",
+                           self.folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._folder = str(self.folder)
         self.read_errors = 0

@@ -1,4 +1,5 @@
-"""`shardtools` command line: build, status, demo. Errors end as one line and an exit code.
+"""`shardtools` command line: build, status, verify, preview, demo. Errors end as one line
+and an exit code.
 
 Exit codes: 0 done, everything written; 1 unexpected failure; 2 bad usage or config, or an
 unreadable dataset; 3 done, some records pending; 4 done, some rejected; 5 both;
@@ -58,10 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardtools", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="warnings and errors only")
-    parser.add_argument("--traceback", action="store_true", help="show tracebacks of unexpected errors")
+    _add_common(parser, defaults=True)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # The same options after the command too (`shardtools build -q ...`); SUPPRESS keeps a
+    # subcommand from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, defaults=False)
+    original_add_parser = commands.add_parser
+    commands.add_parser = lambda *a, **k: original_add_parser(*a, parents=[common], **k)
 
     build = commands.add_parser("build", help="build or extend a dataset from a config")
     build.add_argument("--config", required=True, help="YAML config with a 'build' section")
@@ -99,6 +104,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=int, default=60)
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    default = (lambda value: value) if defaults else (lambda value: argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="count", default=default(0),
+                        help="more log lines (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=default(0),
+                        help="warnings and errors only")
+    parser.add_argument("--traceback", action="store_true", default=default(False),
+                        help="show tracebacks of unexpected errors")
 
 
 def _run_build(args) -> int:

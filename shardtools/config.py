@@ -30,8 +30,9 @@ _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _PATH_KEYS = {"build": ("records", "cache_dir", "output_dir"), "train": ("dataset",)}
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    """Parse and validate `path`. Raises ConfigError (one readable line) on any problem."""
+def load_config(path: str | os.PathLike, only: str | None = None) -> Config:
+    """Parse and validate `path`. Raises ConfigError (one readable line) on any problem.
+    `only="train"` reads the train section alone (training needs no records files)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -44,11 +45,11 @@ def load_config(path: str | os.PathLike) -> Config:
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(str(path), f"not valid YAML{where}") from exc
     return config_from_dict(raw if raw is not None else {}, base_dir=path.parent,
-                            source=str(path))
+                            source=str(path), only=only)
 
 
 def config_from_dict(raw: Any, base_dir: str | os.PathLike = ".",
-                     source: str = "<dict>") -> Config:
+                     source: str = "<dict>", only: str | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError("(top level)", f"expected a mapping with 'build' and/or 'train', got {_kind(raw)}")
     _reject_unknown("", raw, ("build", "train"))
@@ -57,17 +58,20 @@ def config_from_dict(raw: Any, base_dir: str | os.PathLike = ".",
     base_dir = Path(base_dir)
 
     build = None
-    if raw.get("build") is not None:
+    if raw.get("build") is not None and only in (None, "build"):
         section = _resolve_paths(_mapping("build", raw["build"]), _PATH_KEYS["build"], base_dir,
                                  "build")
         build = _build_dataclass(BuildSettings, section, "build")
         _check_build(build)
     train = None
-    if raw.get("train") is not None:
+    if raw.get("train") is not None and only in (None, "train"):
         section = _mapping("train", raw["train"])
-        if "dataset" not in section and build is not None:
-            section = {**section, "dataset": build.output_dir}
-            logger.info("train.dataset not set: using build.output_dir (%s)", build.output_dir)
+        build_raw = raw.get("build")
+        if "dataset" not in section and isinstance(build_raw, dict) and "output_dir" in build_raw:
+            output_dir = _resolve_paths({"output_dir": build_raw["output_dir"]}, ("output_dir",),
+                                        base_dir, "build")["output_dir"]
+            section = {**section, "dataset": output_dir}
+            logger.info("train.dataset not set: using build.output_dir (%s)", output_dir)
         train = _build_dataclass(TrainSettings,
                                  _resolve_paths(section, _PATH_KEYS["train"], base_dir, "train"),
                                  "train")

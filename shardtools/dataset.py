@@ -64,6 +64,9 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        if (Path(dataset_dir) / LOCK).exists():
+            raise DatasetError(f"{dataset_dir}: no {MANIFEST} yet: its first build has not listed "
+                               "a shard (still running, or interrupted: run the build again)") from None
         raise DatasetError(f"{dataset_dir}: no {MANIFEST}; is this a dataset built by shardtools?") from None
     except ValueError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
@@ -289,10 +292,10 @@ class DatasetState:
                 continue
             if row.get("status") == "rejected":
                 self.previous_rejections[row["record"]] = (row["key"], row.get("reason"),
-                                                           row.get("source"))
+                                                           row.get("image_from"))
             elif row.get("note") == "duplicate_content":
                 self.previous_duplicates[row["record"]] = (row["key"], row.get("sample"),
-                                                           row.get("source"))
+                                                           row.get("image_from"))
         self.previous_ledger_sha256 = digest.hexdigest()
 
     # --- writing ----------------------------------------------------------------------
@@ -315,6 +318,21 @@ class DatasetState:
                               "samples would not follow the splits of their groups already "
                               "written. Put the dataset's values back, or build into a new "
                               "output_dir")
+
+    def check_record_fields(self, label_field: str, group_field: str | None) -> None:
+        """Refuse a build that reads labels or groups from other fields than the dataset's
+        first build did: labels would be compared across fields (false conflicts, new
+        empty classes) and groups would no longer hold observations together."""
+        current = {"label_field": label_field, "group_field": group_field}
+        recorded = self.manifest.get("record_fields")
+        if recorded is None:
+            self.manifest["record_fields"] = current  # saved with the next manifest write
+            return
+        for key, value in current.items():
+            if recorded.get(key) != value:
+                raise ConfigError(f"build.{key}", f"is {value!r}, but this dataset was built "
+                                  f"with {recorded.get(key)!r}; its labels and splits follow "
+                                  "that field. Put it back, or build into a new output_dir")
 
     def save_classes(self) -> None:
         self.classes.save(self.dataset_dir / CLASSES)

@@ -42,6 +42,9 @@ def format_summary(summary: BuildSummary) -> str:
                      "run the build again later to fetch them")
     if s.rejected_records:
         lines.append(f"  rejected: {s.rejected_records:,} records ({_reasons(s.rejected_by_reason)})")
+    if s.cache_created:
+        lines.append("  the cache folder did not exist and was created: no image could come "
+                     "from a cache (is build.cache_dir right?)")
     if s.cache_errors:
         lines.append(f"  {s.cache_errors:,} cache files could not be read or written (see the "
                      "warnings); their images were downloaded or written all the same")

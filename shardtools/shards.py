@@ -142,6 +142,10 @@ class SplitShardWriter:
     def abandon(self) -> None:
         """Drop the open shard without listing it (used when a build fails)."""
         if self._tar is not None:
+            # Mark the tar closed first: otherwise its stream, when collected, tries to
+            # write the end-of-archive blocks into the file closed below.
+            self._tar.closed = True
+            self._tar.fileobj.closed = True
             self._file.close()
             self._temp.unlink(missing_ok=True)
             self._tar = None

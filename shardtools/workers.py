@@ -11,6 +11,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import hashlib
@@ -53,6 +56,20 @@ def check_file(path: str, settings: ImageSettings) -> Checked:
     return check_bytes(data, settings)
 
 
+def _worker_start(parent_pid: int) -> None:
+    """In each worker process: leave Ctrl-C to the build (which stops the pool), and end
+    when the build is gone. A build killed with SIGKILL cannot stop its pool, and Python's
+    workers would otherwise wait on their queue for ever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch_parent():
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+
+
 class ImageWorkers:
     def __init__(self, settings: ImageSettings):
         self.settings = settings
@@ -65,7 +82,8 @@ class ImageWorkers:
         if processes > 0:
             # spawn, not fork: the build holds threads and sockets that a fork would copy.
             self._pool = ProcessPoolExecutor(processes,
-                                             mp_context=multiprocessing.get_context("spawn"))
+                                             mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_start, initargs=(os.getpid(),))
 
     def check_bytes(self, data: bytes) -> Checked:
         """Check and re-encode one image. Safe from many threads."""

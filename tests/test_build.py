@@ -372,3 +372,67 @@ def test_without_a_drain_deadline_pending_records_wait_for_the_next_build(tmp_pa
         host.throttle(rate=0.001, burst=2, retry_after=60)
         summary = run_build(build_settings(tmp_path, fetch={"threads": 1}), clock=clock)
     assert summary.downloaded == 2 and summary.pending_records == 4
+
+
+def test_a_changed_label_or_group_field_is_refused(tmp_path):
+    """Labels compared across two fields would make false conflicts and empty classes
+    (found by a new user): a build with another label_field or group_field stops."""
+    import dataclasses
+
+    from shardtools.errors import ConfigError
+
+    _, settings = _cached_dataset(tmp_path, count=4)
+    run_build(settings)
+    for change in ({"label_field": "observation_id"}, {"group_field": None}):
+        with pytest.raises(ConfigError, match="this dataset was built with"):
+            run_build(dataclasses.replace(settings, **change))
+
+
+def test_a_label_field_no_record_has_is_one_config_error(tmp_path):
+    import dataclasses
+
+    from shardtools.errors import ConfigError
+
+    _, settings = _cached_dataset(tmp_path, count=4)
+    with pytest.raises(ConfigError) as caught:
+        run_build(dataclasses.replace(settings, label_field="taxon"))
+    assert caught.value.key == "build.label_field"
+    assert "missing field 'taxon'" in caught.value.problem
+    assert not (tmp_path / "dataset" / "ledger.jsonl").exists()
+
+
+def test_ledger_rows_keep_source_for_the_records_file(tmp_path):
+    """`source` is always the records file; where an image came from is `image_from`."""
+    _, settings = _cached_dataset(tmp_path, count=3)
+    blank = "http://images.invalid/blank.jpg"
+    from PIL import Image
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buffer, "JPEG")
+    ImageCache(tmp_path / "cache").store(blank, buffer.getvalue())
+    rows = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    write_jsonl(tmp_path / "records.jsonl", rows + [{"image_url": blank, "taxon_id": 1}])
+    run_build(settings)
+    ledger = _ledger(tmp_path / "dataset")
+    assert {r["source"] for r in ledger} == {str(tmp_path / "records.jsonl")}
+    assert [r["image_from"] for r in ledger if r["status"] == "rejected"] == ["cache"]
+
+
+def test_cli_options_work_after_the_command_too(tmp_path, capsys):
+    from shardtools.cli import main
+
+    _, settings = _cached_dataset(tmp_path, count=2)
+    run_build(settings)
+    assert main(["status", "-q", str(tmp_path / "dataset")]) == 0
+    assert main(["-q", "status", str(tmp_path / "dataset")]) == 0
+
+
+def test_training_config_needs_no_records_file(tmp_path):
+    from shardtools.config import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text("build:\n  records: [gone.jsonl]\n  cache_dir: c\n  output_dir: ds\n"
+                      "train:\n  batch_size: 4\n")
+    train = load_config(config, only="train").train
+    assert train.dataset == str(tmp_path / "ds") and train.batch_size == 4
