@@ -266,8 +266,11 @@ class _Build:
                 todo += 1
         self.summary.records = num_records
         self.summary.samples = len(self.index)
-        logger.info("%d records, %d samples: %d already written, %d to do", num_records,
-                    len(self.index), self.summary.already_written, todo)
+        fates = Counter(e.status for e in self.index.values())
+        logger.info("%d records (%d unusable), %d distinct URLs: %d already in the dataset, "
+                    "%d known duplicates of its images, %d known rejections, %d to do",
+                    num_records, num_errors, len(self.index), fates["known"],
+                    fates["duplicate"], fates["rejected"], todo)
         return todo
 
     def _likely_config_mistake(self) -> tuple[str, str]:
