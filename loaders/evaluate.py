@@ -18,9 +18,11 @@ from .normalize import normalize
 def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         model = model.module
+    was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # correct, count, loss sum
-    for images, labels in loader:
+    for batch in loader:
+        images, labels = batch[0], batch[1]  # a keys=True loader adds the sample keys
         images = normalize(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         logits = model(images)
@@ -29,7 +31,7 @@ def evaluate(model: torch.nn.Module, loader, device: torch.device) -> dict:
         totals[2] += torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-    model.train()
+    model.train(was_training)
     correct, count, loss_sum = totals.tolist()
     return {"correct": int(correct), "total": int(count),
             "accuracy": correct / count if count else float("nan"),

@@ -40,7 +40,7 @@ from .fetch import SYSTEM_CLOCK, Clock, Fetcher
 from .imaging.check import ProcessedImage
 from .interop import write_wids_indexes
 from .progress import LogProgress, Progress
-from .records import Record, read_records
+from .records import InputSnapshot, Record, read_records
 from .settings import BuildSettings
 from .shards import ClosedShard, ShardSample, SplitShardWriter
 from .splits import split_for
@@ -169,6 +169,7 @@ class _Build:
         self.started = clock.monotonic()
         self.index: dict[str, _Entry] = {}      # sample key -> entry, in first-seen order
         self.sources = [str(Path(p)) for p in settings.records]  # as records.py names them
+        self.snapshot = InputSnapshot(self.sources)
         self.last_line: dict[str, int] = {}     # records file -> last line number read
         self.summary = BuildSummary(str(state.dataset_dir), self.build_id, changed=False)
         self.writers: dict[str, SplitShardWriter] = {}
@@ -183,6 +184,7 @@ class _Build:
     # --- the steps, in order ------------------------------------------------------------
 
     def run(self) -> BuildSummary:
+        self._warn_if_image_settings_changed()
         todo = self._index()
         self.progress.start(todo)
         try:
@@ -199,11 +201,28 @@ class _Build:
         crashpoints.reach("build:done")
         return self.summary
 
+    def _image_settings(self) -> dict:
+        image = self.settings.image
+        return {"resize": image.resize, "size": image.size, "quality": image.quality,
+                "resample": image.resample}
+
+    def _warn_if_image_settings_changed(self) -> None:
+        """New samples follow the current image settings; old ones keep theirs. Allowed (the
+        loader reads any size), but a user should know the dataset becomes mixed."""
+        earlier = [b["image"] for b in self.state.manifest["builds"] if b.get("image")]
+        if earlier and earlier[-1] != self._image_settings():
+            logger.warning("image settings differ from the last build's (%s, now %s): new "
+                           "samples will be stored differently from the ones already written",
+                           earlier[-1], self._image_settings())
+
     def _records(self):
-        """(position, Record or RecordError) over the whole input, streamed from disk."""
+        """(position, Record or RecordError) over the input as it was when the build began
+        (self.snapshot), streamed from disk."""
         s = self.settings
+        self.snapshot.check()
         source_number = {source: i for i, source in enumerate(self.sources)}
-        for item in read_records(s.records, s.url_field, s.label_field, s.group_field):
+        for item in read_records(s.records, s.url_field, s.label_field, s.group_field,
+                                 snapshot=self.snapshot):
             source = item.source
             line = item.line_number
             if line > self.last_line.get(source, 0):
@@ -302,10 +321,12 @@ class _Build:
             self.summary.duplicate_content += 1
             self.urls_per_content[entry.twin] += 1
 
-    def _resolve_and_write(self, wanted: str | None) -> None:
+    def _resolve_and_write(self, wanted: str | None, until: float | None = None) -> int:
         """Stream the records; resolve the first record of each URL whose status is
-        `wanted` in threads; write results in input order (reproducible shards)."""
+        `wanted` in threads; write results in input order (reproducible shards). With
+        `until` (clock time), nothing new is started after it: those stay as they were."""
         window = self.settings.fetch.threads * 4
+        started = 0
         with ThreadPoolExecutor(self.settings.fetch.threads, thread_name_prefix="resolve") as pool:
             in_flight: deque = deque()
             for position, item in self._records():
@@ -314,11 +335,15 @@ class _Build:
                 entry = self.index[url_key(item.url)]
                 if entry.first != position or entry.status != wanted:
                     continue
+                if until is not None and self.clock.monotonic() >= until:
+                    break
                 in_flight.append((entry, item, pool.submit(self._resolve, item)))
+                started += 1
                 if len(in_flight) >= window:
                     self._take(*in_flight.popleft())
             while in_flight:
                 self._take(*in_flight.popleft())
+        return started
 
     def _drain(self) -> None:
         """With a drain deadline, go round the pending samples again until none is left."""
@@ -343,7 +368,9 @@ class _Build:
                         pending, pause, remaining)
             self.clock.sleep(pause)
             self.progress.requeue(pending)
-            self._resolve_and_write(wanted="pending")
+            started = self._resolve_and_write(wanted="pending", until=self.started + deadline)
+            if started < pending:  # the deadline came first: the rest stay pending
+                self.progress.requeue(started - pending)
 
     # --- one sample ---------------------------------------------------------------------
 
@@ -489,27 +516,35 @@ class _Build:
     def _absent_rows(self):
         """Rows of written samples whose records are gone from the input (a file dropped
         from the config, a regenerated export): their shards still hold them, so the
-        ledger keeps saying where they are."""
+        ledger keeps saying where they are. The last ledger's rows are carried over; a
+        written sample that has none there either (its ledger was lost) gets a row made
+        from the shard index, so every sample in a shard has a row."""
         path = self.state.dataset_dir / LEDGER
-        if not path.exists():
-            return
-        emitted = set()
-        for _, row in iter_ledger(path):
-            if row.get("status") != "written" or row.get("key") in self.index:
+        emitted, carried = set(), set()
+        if path.exists():
+            for _, row in iter_ledger(path):
+                if row.get("status") != "written" or row.get("key") in self.index:
+                    continue
+                if row.get("sample", row.get("key")) not in self.state.written:
+                    continue
+                row = {**row, "in_input": False}
+                record = row["record"]
+                source, _, line = record.rpartition(":")
+                if line.isdigit() and int(line) <= self.last_line.get(source, 0):
+                    record = f"{record}@earlier"  # the same file:line now holds another record
+                    if not record.endswith("@earlier@earlier"):
+                        row["record"] = record
+                if row["record"] in emitted or row["record"].endswith("@earlier@earlier"):
+                    continue
+                emitted.add(row["record"])
+                carried.add(row["key"])
+                yield row
+        for key, written in self.state.written.items():
+            if key in self.index or key in carried:
                 continue
-            if row.get("sample", row.get("key")) not in self.state.written:
-                continue
-            row = {**row, "in_input": False}
-            record = row["record"]
-            source, _, line = record.rpartition(":")
-            if line.isdigit() and int(line) <= self.last_line.get(source, 0):
-                record = f"{record}@earlier"  # the same file:line now holds another record
-                if not record.endswith("@earlier@earlier"):
-                    row["record"] = record
-            if row["record"] in emitted or row["record"].endswith("@earlier@earlier"):
-                continue
-            emitted.add(row["record"])
-            yield row
+            yield {"record": f"{written.shard}#{key}", "key": key, "status": "written",
+                   "split": written.split, "shard": written.shard, "class_id": written.class_id,
+                   "in_input": False, "note": "no_record_known"}
 
     def _counted(self, rows):
         """Pass rows through, counting fates for the summary."""
@@ -578,6 +613,7 @@ class _Build:
             "pending": summary.pending_records,
             "rejected": summary.rejected_records,
             **({"resumed": summary.resumed_builds} if summary.resumed_builds else {}),
+            "image": self._image_settings(),
         })
         self.state.save_manifest()
         write_wids_indexes(self.state.dataset_dir, manifest)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import signal
 import sys
 
 from .errors import ConfigError, DatasetError, LockedError, ShardToolsError
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose - args.quiet)
+    # SIGTERM (a scheduler stopping the job) ends a build the way Ctrl-C does.
+    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         return args.run(args)
     except LockedError as exc:
@@ -55,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         logger.exception("unexpected failure (please report it with this traceback)")
         return EXIT_FAILURE
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("build", help="build or extend a dataset from a config")
     build.add_argument("--config", required=True, help="YAML config with a 'build' section")
-    build.add_argument("--drain-deadline", type=float, metavar="SECONDS",
+    build.add_argument("--drain-deadline", type=_seconds, metavar="SECONDS",
                        help="keep retrying pending records until none is left or this many "
                             "seconds have passed (overrides build.drain_deadline_s)")
     build.set_defaults(run=_run_build)
@@ -95,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("dataset_dir")
     preview.add_argument("--split", default="val")
     preview.add_argument("--out", required=True, metavar="PNG")
-    preview.add_argument("--samples", type=int, default=48)
+    preview.add_argument("--samples", type=_positive_int, default=48)
     preview.add_argument("--seed", type=int, help="pick the same samples again")
     preview.set_defaults(run=_run_preview)
 
@@ -104,6 +114,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--train-steps", type=int, default=60)
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected seconds, a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def _add_common(parser: argparse.ArgumentParser, defaults: bool) -> None:

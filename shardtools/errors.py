@@ -3,6 +3,7 @@
     ShardToolsError
      ├── ConfigError        a setting is missing, unknown or out of range
      ├── RecordError        one input line cannot become a record (carries file and line)
+     ├── RecordsChangedError  a records file was rewritten while a build read it
      ├── DatasetError       the dataset directory is unreadable or inconsistent
      │    └── LockedError   another build holds the directory
      └── ImageRejected      an image failed the check (carries a reason code)
@@ -34,6 +35,10 @@ class RecordError(ShardToolsError):
 
     def __reduce__(self):
         return type(self), (self.source, self.line_number, self.problem)
+
+
+class RecordsChangedError(ShardToolsError):
+    """A records file was rewritten while a build was reading it."""
 
 
 class DatasetError(ShardToolsError):

@@ -92,7 +92,8 @@ def class_plot(dataset_dir: str | Path, out: str | Path, max_classes: int = 60) 
     axes.set_xticks(range(len(shown)), [labels.get(c, str(c))[:18] for c in shown], rotation=90,
                     fontsize=7)
     axes.set_ylabel("samples")
-    title = f"samples per class per split ({len(shown)} of {len(totals)} classes"
+    num_classes = max(len(labels), len(totals))
+    title = f"samples per class per split ({len(shown)} of {num_classes} classes"
     axes.set_title(title + (", largest first)" if len(totals) > len(shown) else ")"))
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()

@@ -7,14 +7,17 @@ them into one sample each.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
+import os
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .errors import RecordError
+from .errors import RecordError, RecordsChangedError
 
 logger = logging.getLogger(__name__)
 
@@ -35,17 +38,60 @@ class Record:
         return f"{self.source}:{self.line_number}"
 
 
-def read_records(paths, url_field: str, label_field: str,
-                 group_field: str | None) -> Iterator[Record | RecordError]:
+class InputSnapshot:
+    """What the records files held when a build began: their sizes and a hash of those
+    bytes. A build reads its input several times; every pass reads exactly these bytes, so
+    lines appended meanwhile wait for the next build, and a file rewritten meanwhile stops
+    the build with a clear error instead of giving records no fate."""
+
+    def __init__(self, paths):
+        self.sizes: dict[str, int] = {}
+        self.digests: dict[str, str] = {}
+        for path in paths:
+            path = str(Path(path))
+            size = os.path.getsize(path)
+            self.sizes[path] = size
+            self.digests[path] = _prefix_digest(path, size)
+
+    def check(self) -> None:
+        for path, size in self.sizes.items():
+            try:
+                unchanged = os.path.getsize(path) >= size and _prefix_digest(path, size) == self.digests[path]
+            except OSError:
+                unchanged = False
+            if not unchanged:
+                raise RecordsChangedError(
+                    f"{path} changed while the build read it (rewritten, cut or removed, not "
+                    "only appended to). Nothing half-done was listed; run the build again "
+                    "once the file is complete")
+
+
+def _prefix_digest(path: str, size: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        remaining = size
+        while remaining:
+            block = stream.read(min(remaining, 1 << 20))
+            if not block:
+                break
+            digest.update(block)
+            remaining -= len(block)
+    return digest.hexdigest()
+
+
+def read_records(paths, url_field: str, label_field: str, group_field: str | None,
+                 snapshot: InputSnapshot | None = None) -> Iterator[Record | RecordError]:
     """Yield a Record per good line and a RecordError per bad one, in input order.
 
     Whatever a line holds, it costs that line only: every failure to make a record out of
-    it becomes a RecordError with its file and line number.
+    it becomes a RecordError with its file and line number. With a snapshot, only the
+    bytes it saw are read.
     """
     for path in paths:
         path = Path(path)
         source = str(path)
-        rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+        limit = snapshot.sizes[source] if snapshot is not None else None
+        rows = _csv_rows(path, limit) if path.suffix.lower() == ".csv" else _jsonl_rows(path, limit)
         for line_number, row in rows:
             if isinstance(row, RecordError):
                 yield row
@@ -58,9 +104,39 @@ def read_records(paths, url_field: str, label_field: str,
                 yield RecordError(source, line_number, f"unusable record ({exc})")
 
 
-def _jsonl_rows(path: Path):
+def _limited(path: Path, limit: int | None):
+    """The file as a binary stream that ends after `limit` bytes (None: at its end)."""
+    stream = open(path, "rb")
+    if limit is None:
+        return stream
+    data = _LimitedReader(stream, limit)
+    return io.BufferedReader(data, buffer_size=1 << 16)
+
+
+class _LimitedReader(io.RawIOBase):
+    def __init__(self, stream, limit: int):
+        self._stream = stream
+        self._left = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)[: self._left]
+        count = self._stream.readinto(view)
+        self._left -= count
+        return count
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
+def _jsonl_rows(path: Path, limit: int | None = None):
     # Bytes, then decode per line: one bad byte sequence costs one line, not the file.
-    with open(path, "rb") as stream:
+    with _limited(path, limit) as stream:
         for line_number, raw in enumerate(stream, start=1):
             if not raw.strip():
                 continue
@@ -83,10 +159,11 @@ def _jsonl_rows(path: Path):
             yield line_number, row
 
 
-def _csv_rows(path: Path):
+def _csv_rows(path: Path, limit: int | None = None):
     # utf-8-sig: spreadsheet exports often start with a byte-order mark. Undecodable bytes
     # are kept as surrogates so the row they are in, and only that row, is rejected.
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as stream:
+    with io.TextIOWrapper(_limited(path, limit), newline="", encoding="utf-8-sig",
+                          errors="surrogateescape") as stream:
         reader = csv.DictReader(stream)
         try:
             if reader.fieldnames is None:  # reads the header now, so line_num counts it

@@ -436,3 +436,98 @@ def test_training_config_needs_no_records_file(tmp_path):
                       "train:\n  batch_size: 4\n")
     train = load_config(config, only="train").train
     assert train.dataset == str(tmp_path / "ds") and train.batch_size == 4
+
+
+def test_lines_appended_during_a_build_wait_for_the_next_one(tmp_path, monkeypatch):
+    """The build reads its input as it was when it began (found in review: appended lines
+    crashed it); the next build picks them up."""
+    import shardtools.build as build_module
+
+    urls, settings = _cached_dataset(tmp_path, count=6)
+    more = [f"http://images.invalid/late/{i}.jpg" for i in range(3)]
+    for url, data in zip(more, photo_variants(3, seed=23)):
+        ImageCache(tmp_path / "cache").store(url, data)
+    original = build_module._Build._resolve_and_write
+
+    def append_then_resolve(self, wanted):
+        with open(tmp_path / "records.jsonl", "a") as stream:
+            for url in more:
+                stream.write(json.dumps({"image_url": url, "taxon_id": 1}) + "\n")
+        monkeypatch.setattr(build_module._Build, "_resolve_and_write", original)
+        return original(self, wanted)
+
+    monkeypatch.setattr(build_module._Build, "_resolve_and_write", append_then_resolve)
+    first = run_build(settings)
+    assert first.records == 6 and first.new_samples == 6 and len(_ledger(tmp_path / "dataset")) == 6
+    second = run_build(settings)
+    assert second.new_samples == 3 and len(_ledger(tmp_path / "dataset")) == 9
+
+
+def test_a_records_file_rewritten_during_a_build_stops_it_cleanly(tmp_path, monkeypatch):
+    """Rewritten (not appended) input between passes would give records no fate: the build
+    stops with one clear error and lists nothing half-done."""
+    import shardtools.build as build_module
+    from shardtools.errors import RecordsChangedError
+
+    urls, settings = _cached_dataset(tmp_path, count=6)
+    original = build_module._Build._resolve_and_write
+
+    def rewrite_then_resolve(self, wanted):
+        rows = (tmp_path / "records.jsonl").read_text().splitlines()
+        (tmp_path / "records.jsonl").write_text("\n".join(reversed(rows)) + "\n")
+        return original(self, wanted)
+
+    monkeypatch.setattr(build_module._Build, "_resolve_and_write", rewrite_then_resolve)
+    with pytest.raises(RecordsChangedError, match="changed while the build read it"):
+        run_build(settings)
+    monkeypatch.setattr(build_module._Build, "_resolve_and_write", original)
+    summary = run_build(settings)  # the next build, on the file as it now is, is whole
+    assert summary.new_samples == 6
+    assert {r["status"] for r in _ledger(tmp_path / "dataset")} == {"written"}
+
+
+def test_cli_refuses_a_drain_deadline_that_is_not_finite(tmp_path, capsys):
+    from shardtools.cli import main
+
+    _, settings = _cached_dataset(tmp_path, count=2)
+    config = tmp_path / "c.yaml"
+    config.write_text("build:\n  records: [records.jsonl]\n  cache_dir: cache\n  output_dir: ds\n")
+    for bad in ("nan", "inf", "-5", "soon"):
+        try:
+            main(["build", "--config", str(config), "--drain-deadline", bad])
+        except SystemExit as exc:  # argparse's usage error
+            assert exc.code == 2
+        assert "finite number" in capsys.readouterr().err
+
+
+def test_a_drain_round_starts_nothing_after_the_deadline(tmp_path):
+    """The deadline bounds the whole build: a round that would start after it leaves the
+    rest pending (found in review: a round ran far past it)."""
+    from shardtools.imagehost import ImageHost
+
+    clock = ManualClock()
+    with ImageHost(clock=clock.monotonic) as host:
+        hosted_records(tmp_path, host, "f", 10, seed=24)
+        host.throttle(rate=0.001, burst=1, retry_after=30)
+        settings = build_settings(tmp_path, drain_deadline_s=100,
+                                  fetch={"threads": 1, "requests_per_second": 0.5, "burst": 1})
+        started = clock.monotonic()
+        summary = run_build(settings, clock=clock)
+    assert summary.pending_records == 9
+    # Virtual seconds: the last round may finish what it started, never start anew later.
+    assert clock.monotonic() - started < 100 + 30 + 2 * 10
+
+
+def test_a_lost_ledger_is_rebuilt_with_a_row_for_every_written_sample(tmp_path):
+    """Samples in shards always have ledger rows, even when neither the input nor the last
+    ledger names them any more."""
+    from shardtools.verify import verify_dataset
+
+    _, settings = _cached_dataset(tmp_path, count=6)
+    run_build(settings)
+    (tmp_path / "dataset" / "ledger.jsonl").unlink()
+    write_jsonl(tmp_path / "records.jsonl", [])   # the export is gone too
+    run_build(settings)
+    rows = _ledger(tmp_path / "dataset")
+    assert len(rows) == 6 and all(r["in_input"] is False for r in rows)
+    assert verify_dataset(tmp_path / "dataset").ok
