@@ -64,9 +64,14 @@ def contact_sheet(dataset_dir: str | Path, split: str, out: str | Path, num_samp
     return len(picked)
 
 
-def class_plot(dataset_dir: str | Path, out: str | Path, max_classes: int = 60) -> int:
-    """Write a PNG of samples per class per split (the largest classes when there are more
-    than `max_classes`); returns the number of classes drawn. Needs matplotlib."""
+def class_plot(dataset_dir: str | Path, out: str | Path, max_classes: int = 60,
+               few: int = 5) -> int:
+    """Write a PNG of samples per class per split; returns the number of classes drawn.
+
+    Up to `max_classes` classes: one stacked bar per class, labelled. More (an iNaturalist
+    dataset has thousands): per split, every class's count sorted from largest to smallest
+    on a log scale, so the long tail of rare classes, the part worth seeing, is visible,
+    with the number of classes under `few` samples in the legend. Needs matplotlib."""
     try:
         import matplotlib
 
@@ -78,28 +83,35 @@ def class_plot(dataset_dir: str | Path, out: str | Path, max_classes: int = 60) 
     manifest = read_manifest(dataset_dir)
     labels = _labels(dataset_dir)
     counts = manifest["class_counts"]
-    totals = {}
-    for per_class in counts.values():
-        for class_id, count in per_class.items():
-            totals[int(class_id)] = totals.get(int(class_id), 0) + count
-    shown = sorted(totals, key=lambda c: -totals[c])[:max_classes]
-    figure, axes = plt.subplots(figsize=(max(6, len(shown) * 0.25 + 2), 4.5), dpi=100)
-    bottom = [0] * len(shown)
-    for split, per_class in counts.items():
-        values = [per_class.get(str(c), 0) for c in shown]
-        axes.bar(range(len(shown)), values, bottom=bottom, label=split)
-        bottom = [b + v for b, v in zip(bottom, values)]
-    axes.set_xticks(range(len(shown)), [labels.get(c, str(c))[:18] for c in shown], rotation=90,
-                    fontsize=7)
+    num_classes = max(len(labels), manifest.get("num_classes", 0),
+                      1 + max((int(c) for per in counts.values() for c in per), default=-1))
+    class_ids = range(num_classes)
+    if num_classes <= max_classes:
+        figure, axes = plt.subplots(figsize=(max(6, num_classes * 0.25 + 2), 4.5), dpi=100)
+        bottom = [0] * num_classes
+        for split, per_class in counts.items():
+            values = [per_class.get(str(c), 0) for c in class_ids]
+            axes.bar(range(num_classes), values, bottom=bottom, label=split)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        axes.set_xticks(range(num_classes), [labels.get(c, str(c))[:18] for c in class_ids],
+                        rotation=90, fontsize=7)
+        axes.set_title(f"samples per class per split ({num_classes} classes)")
+    else:
+        figure, axes = plt.subplots(figsize=(9, 4.5), dpi=100)
+        for split, per_class in counts.items():
+            values = sorted((per_class.get(str(c), 0) for c in class_ids), reverse=True)
+            rare = sum(1 for v in values if v < few)
+            axes.plot(range(1, num_classes + 1), [max(v, 0.5) for v in values],
+                      label=f"{split} ({rare:,} classes under {few})")
+        axes.set_yscale("log")
+        axes.set_xlabel("classes, from most to fewest samples")
+        axes.set_title(f"samples per class per split ({num_classes:,} classes; 0 drawn as 0.5)")
     axes.set_ylabel("samples")
-    num_classes = max(len(labels), len(totals))
-    title = f"samples per class per split ({len(shown)} of {num_classes} classes"
-    axes.set_title(title + (", largest first)" if len(totals) > len(shown) else ")"))
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     figure.tight_layout()
     figure.savefig(out)
     plt.close(figure)
-    return len(shown)
+    return num_classes
 
 
 def _labels(dataset_dir: Path) -> dict[int, str]:

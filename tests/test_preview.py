@@ -43,3 +43,23 @@ def test_class_plot_is_written(dataset, tmp_path):
     assert main(["status", str(dataset), "--plot", str(out)]) == 0
     with Image.open(out) as plot:
         assert plot.width > 300 and plot.height > 200
+
+
+def test_class_plot_with_thousands_of_classes_shows_every_class(tmp_path):
+    """iNaturalist-sized label sets: every class counted (the title and return value), not
+    only the largest 60."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from shardtools.preview import class_plot
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    counts = {"train": {str(c): 1 + c % 40 for c in range(3000)},
+              "val": {str(c): c % 3 for c in range(0, 3000, 2)}}
+    manifest = {"format_version": 1, "num_classes": 3000, "splits": {"train": {}, "val": {}},
+                "class_counts": counts, "builds": []}
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    assert class_plot(dataset, tmp_path / "c.png") == 3000
+    with Image.open(tmp_path / "c.png") as plot:
+        assert plot.width >= 800
