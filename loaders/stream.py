@@ -209,12 +209,15 @@ class ShardStream(IterableDataset):
         for index in part.shards:
             size = self.shard_sizes[index]
             first = (part.phase - position) % part.stride
-            for at, sample in enumerate(self._read_shard(index)):
+            for at, sample in enumerate(self._read_shard(index, first, part.stride)):
                 if at >= first and (at - first) % part.stride == 0:
                     yield sample
             position += size
 
-    def _read_shard(self, index: int):
+    def _read_shard(self, index: int, first: int = 0, stride: int = 1):
+        """All samples of a shard, damaged parts skipped. Lost samples are counted only at
+        the positions this worker owns (`first`, then every `stride`-th), so workers that
+        share a shard do not each count its whole loss."""
         path, expected = self.shard_paths[index], self.shard_sizes[index]
         report = ReadReport()
         try:
@@ -228,8 +231,10 @@ class ShardStream(IterableDataset):
                                                           f"{type(exc).__name__}: {exc}")
         lost = max(0, expected - report.complete)
         if lost or report.damage or report.incomplete:
+            start = max(report.complete, first)
+            start += (first - start) % stride  # the first owned position at or past it
             with self._skipped.get_lock():
-                self._skipped.value += lost
+                self._skipped.value += len(range(start, expected, stride))
             log = logger.warning if path not in _damage_logged else logger.debug
             _damage_logged.add(path)  # once per process: training re-reads it every cycle
             damage = report.damage or DamagedShard(

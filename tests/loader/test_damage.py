@@ -129,3 +129,17 @@ def _first_sample(dataset):
         for member in tar:
             if member.name.endswith(".jpg"):
                 yield tar.extractfile(member).read()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_skipped_counts_each_lost_sample_once_when_workers_share_a_shard(single, tmp_path,
+                                                                         num_workers):
+    """One shard read by several workers (sample striding): each counts only the lost
+    positions it owns, so the total is the real loss (found in review: it was multiplied)."""
+    dataset = _copy(single, tmp_path)
+    victim = shards(dataset, "val")[0]
+    path = dataset / victim["name"]
+    with open(path, "r+b") as stream:
+        stream.truncate(_cut_points(path)["in member"])
+    keys, loader = _read_val(dataset, num_workers=num_workers)
+    assert loader.skipped == victim["num_samples"] - len(keys) > 0
