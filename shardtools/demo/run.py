@@ -57,7 +57,8 @@ def run_demo(workdir: str | Path, train_steps: int = 60, log=print) -> int:
         log(_step(2, f"First build: shardtools build --config {config_path}"))
         first = run_build(config.build)
         log(textwrap.indent(format_summary(first), "   "))
-        log(f"   The host rate-limited us ({host.count_429} answers of 429). Nothing was faked: "
+        answers = "answer" if host.count_429 == 1 else "answers"
+        log(f"   The host rate-limited us ({host.count_429} {answers} of 429). Nothing was faked: "
             f"the {first.pending_records} records it could not serve yet wait as pending.")
 
         host.relent()
@@ -94,6 +95,7 @@ def _step(number: int, text: str) -> str:
 def _make_dataset(workdir: Path, host, rng: random.Random) -> tuple[list[dict], int]:
     from ..cache import ImageCache
 
+    (workdir / "image_cache").mkdir()  # the user's existing cache, in a real build
     cache = ImageCache(workdir / "image_cache")
     records = []
     cache_count = 0
