@@ -19,8 +19,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
-from .settings import (MAX_FETCH_THREADS, BuildSettings, Config, FetchSettings, ImageSettings,
-                       TrainSettings)
+from .settings import (MAX_FETCH_THREADS, BuildSettings, Config, TrainSettings)
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import tarfile
 from collections import defaultdict
 from pathlib import Path
 
