@@ -64,9 +64,16 @@ def read_manifest(dataset_dir: str | os.PathLike) -> dict:
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if (Path(dataset_dir) / LOCK).exists():
-            raise DatasetError(f"{dataset_dir}: no {MANIFEST} yet: its first build has not listed "
-                               "a shard (still running, or interrupted: run the build again)") from None
+        lock = Path(dataset_dir) / LOCK
+        if lock.exists():
+            holder = lock.read_text(encoding="utf-8", errors="replace").strip()
+            if holder:  # a build that ends cleanly empties the lock file
+                raise DatasetError(f"{dataset_dir}: no {MANIFEST} yet: its first build ({holder}) "
+                                   "has not listed a shard; it is still running or was "
+                                   "interrupted (then run the build again)") from None
+            raise DatasetError(f"{dataset_dir}: no {MANIFEST} yet: no build has listed a shard "
+                               "here (the last one stopped before writing any; see its "
+                               "messages)") from None
         raise DatasetError(f"{dataset_dir}: no {MANIFEST}; is this a dataset built by shardtools?") from None
     except ValueError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
