@@ -112,6 +112,8 @@ class BuildSummary:
     # files they left that were removed.
     resumed_builds: list[int] = field(default_factory=list)
     removed_leftovers: list[str] = field(default_factory=list)
+    # Listed shards found missing or of the wrong size (damaged outside shardtools).
+    damaged_shards: list[str] = field(default_factory=list)
     new_classes: int = 0
     written_by_split: dict[str, int] = field(default_factory=dict)
     # Cache files that could not be read (downloaded instead) or written (shard still got
@@ -129,7 +131,10 @@ class BuildSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 all written; 3 some pending; 4 some rejected; 5 both (README: exit status)."""
+        """0 all written; 3 some pending; 4 some rejected; 5 both; 7 the dataset holds
+        damaged listed shards (README: exit status)."""
+        if self.damaged_shards:
+            return 7
         if self.pending_records and self.rejected_records:
             return 5
         if self.rejected_records:
@@ -180,6 +185,7 @@ class _Build:
         self.urls_per_content: Counter = Counter()
         self.summary.resumed_builds = list(state.interrupted)
         self.summary.removed_leftovers = list(state.removed_leftovers)
+        self.summary.damaged_shards = list(state.damaged_listed)
 
     # --- the steps, in order ------------------------------------------------------------
 

@@ -3,7 +3,8 @@ and an exit code.
 
 Exit codes: 0 done, everything written; 1 unexpected failure; 2 bad usage or config, or an
 unreadable dataset; 3 done, some records pending; 4 done, some rejected; 5 both;
-6 the dataset is locked by another build; 7 `verify` found problems.
+6 the dataset is locked by another build; 7 `verify` found problems, or a build found
+listed shards missing or cut.
 """
 
 from __future__ import annotations

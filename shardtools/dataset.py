@@ -159,6 +159,7 @@ class DatasetState:
     previous_ledger_sha256: str | None = None
     interrupted: list[int] = field(default_factory=list)  # builds found "running" at open
     removed_leftovers: list[str] = field(default_factory=list)
+    damaged_listed: list[str] = field(default_factory=list)  # listed shards missing or cut
 
     @classmethod
     def open(cls, dataset_dir: Path, split_names) -> "DatasetState":
@@ -275,6 +276,7 @@ class DatasetState:
             size = path.stat().st_size if path.exists() else None
             if size != entry["num_bytes"]:
                 found = "missing" if size is None else f"{size} bytes"
+                self.damaged_listed.append(name)
                 logger.warning("listed shard %s is %s, the manifest says %d bytes; run "
                                "`shardtools verify %s`", name, found, entry["num_bytes"],
                                self.dataset_dir)

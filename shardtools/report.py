@@ -14,6 +14,10 @@ def format_summary(summary: BuildSummary) -> str:
         lines.append(f"  resumed after interrupted build {ids}: its listed shards were kept"
                      + (f", {len(s.removed_leftovers)} unfinished files removed"
                         if s.removed_leftovers else ""))
+    if s.damaged_shards:
+        lines.append(f"  {len(s.damaged_shards):,} listed shards are missing or cut (e.g. "
+                     f"{s.damaged_shards[0]}): their samples are lost to the loader; run "
+                     "`shardtools verify` and restore them from a backup")
     if not s.changed:
         lines.append("  nothing new to write; the dataset is unchanged")
     else:

@@ -530,3 +530,15 @@ def test_a_lost_ledger_is_rebuilt_with_a_row_for_every_written_sample(tmp_path):
     rows = _ledger(tmp_path / "dataset")
     assert len(rows) == 6 and all(r["in_input"] is False for r in rows)
     assert verify_dataset(tmp_path / "dataset").ok
+
+
+def test_a_listed_shard_deleted_behind_the_datasets_back_makes_the_build_exit_7(tmp_path):
+    _, settings = _cached_dataset(tmp_path, count=10)
+    first = run_build(settings)
+    victim = tmp_path / "dataset" / first.new_shards[0]
+    victim.unlink()
+    summary = run_build(settings)
+    assert summary.damaged_shards == [first.new_shards[0]] and summary.exit_code == 7
+    from shardtools.report import format_summary
+
+    assert "missing or cut" in format_summary(summary)
