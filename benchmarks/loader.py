@@ -19,7 +19,6 @@ peak memory is each worker's VmHWM. It prints a table and the ratios; it asserts
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import math
@@ -39,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.photos import derived_photos, photo_paths  # noqa: E402
 from loaders import make_loader  # noqa: E402
 from loaders import transforms as loader_transforms  # noqa: E402
 from shardtools.build import run_build  # noqa: E402
@@ -47,8 +47,7 @@ from shardtools.config import config_from_dict  # noqa: E402
 
 
 def photo_dir() -> Path:
-    shared = REPO.parent / "shared" / "corpus" / "photos"
-    return shared if shared.is_dir() else REPO / "shardtools" / "demo" / "photos"
+    return photo_paths()[0].parent
 
 
 # --- the dataset ------------------------------------------------------------------------
@@ -58,23 +57,12 @@ def build(workdir: Path, samples: int, stored_size: int, classes: int) -> Path:
     marker = workdir / f"built-{samples}-{stored_size}"
     if marker.exists():
         return dataset
-    photos = [Image.open(p).convert("RGB") for p in sorted(glob.glob(str(photo_dir() / "*.jpg")))]
-    rng = random.Random(0)
     cache = ImageCache(workdir / "cache")
     records = []
-    for i in range(samples):
-        # A distinct crop of a real photo, scaled back to the originals' ~640 px.
-        photo = photos[i % len(photos)]
-        w, h = photo.size
-        cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
-        left, top = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = photo.crop((left, top, left + cw, top + ch))
-        scale = 640 / max(cw, ch)
-        crop = crop.resize((round(cw * scale), round(ch * scale)), Image.BILINEAR)
-        buffer = io.BytesIO()
-        crop.save(buffer, "JPEG", quality=90)
+    # Distinct crops of real photos at the originals' ~640 px, as for the build benchmark.
+    for i, data in enumerate(derived_photos(samples)):
         url = f"http://photos.invalid/bench/{i}.jpg"
-        cache.store(url, buffer.getvalue())
+        cache.store(url, data)
         records.append({"image_url": url, "taxon_id": i % classes, "observation_id": i})
     with open(workdir / "records.jsonl", "w") as stream:
         stream.writelines(json.dumps(r) + "\n" for r in records)
