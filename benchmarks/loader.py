@@ -3,16 +3,20 @@
 Builds (once, under --workdir) a dataset from crops of real photos through shardtools'
 own build, from a md5(url).jpg cache this script fills, then measures samples per second:
 
-  (a) loaders.make_loader, with 1 and 2 workers;
+  (a) loaders.make_loader, with 1 and 2 workers; also on its general path (whole-image
+      decode + torch resize, the region decoder switched off), to show what each part buys;
   (b) a plain WebDataset pipeline written the usual way (.decode("pil"), PIL crop/resize
       and flip, float tensor), same workers;
   (c) the predecessor's way: a map-style Dataset over the JSONL and the cache files at
       their original size, PIL decode and resize every step, same workers;
-  (d) the decode floor: one process that only decodes each stored JPEG, with the fastest
-      decoder installed.
+  (d) the decode floor: one process that only decodes each whole stored JPEG, with each
+      decoder installed (Pillow, simplejpeg, and the region decoder's libjpeg-turbo); the
+      fastest is the floor.
 
 Rates count samples after the first batch (steady state, worker start-up excluded) and
-peak memory is each worker's VmHWM. It prints a table and the ratios; it asserts nothing.
+peak memory is each worker's VmHWM. Every pipeline is measured --rounds times, the rounds
+interleaved so that a slow spell of a shared machine hits all of them alike, and the
+table shows each one's median. It prints the table and the ratios; it asserts nothing.
 `--profile` runs pyinstrument over (a) in the main process instead.
 """
 
@@ -24,6 +28,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import tarfile
 import tempfile
@@ -188,6 +193,8 @@ def decode_floor(jpegs: list[bytes]) -> dict[str, float]:
     decoders = {"pillow": pil_decode}
     if loader_transforms.simplejpeg is not None:
         decoders["simplejpeg"] = lambda data: loader_transforms.simplejpeg.decode_jpeg(data)
+    if loader_transforms._cropdecode is not None:
+        decoders["region decoder, whole image"] = loader_transforms._cropdecode.decode_whole
     for name, decode in decoders.items():
         started = time.perf_counter()
         for data in jpegs:
@@ -204,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "shardtools-bench"))
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in DataLoader workers; the main process only receives
@@ -229,32 +237,66 @@ def main(argv=None) -> int:
         print(profiler.output_text(unicode=False, color=False, show_all=False))
         return 0
 
+    jpegs = stored_jpegs(dataset)
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    region = loader_transforms._cropdecode
+
+    def general_path(workers):
+        # Forked workers inherit the module's state; the variable covers spawned ones.
+        loader_transforms._cropdecode = None
+        os.environ["SHARDTOOLS_REGION_DECODE"] = "0"
+        try:
+            return measure(ours(workers))
+        finally:
+            loader_transforms._cropdecode = region
+            os.environ.pop("SHARDTOOLS_REGION_DECODE")
+
+    pipelines = []  # (label, workers, measure() -> (rate, peaks))
+    for workers in worker_counts:
+        pipelines.append(("(a) loaders.make_loader", workers, lambda w=workers: measure(ours(w))))
+        if region is not None:
+            pipelines.append(("(a) ... general path only", workers,
+                              lambda w=workers: general_path(w)))
+        pipelines.append(("(b) webdataset + PIL", workers, lambda w=workers: measure(
+            webdataset_loader(shard_urls(dataset), args.batch_size, w, args.image_size))))
+        pipelines.append(("(c) predecessor (cache)", workers, lambda w=workers: measure(
+            predecessor_loader(workdir, args.batch_size, w, args.image_size))))
+    floors: dict[str, list[float]] = {}
+    results: dict[tuple, list] = {(label, w): [] for label, w, _ in pipelines}
+    for round_number in range(args.rounds):
+        for name, rate in decode_floor(jpegs).items():
+            floors.setdefault(name, []).append(rate)
+        for label, workers, run in pipelines:
+            results[(label, workers)].append(run())
+        print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr)
+
     rows = []
-    floor = decode_floor(stored_jpegs(dataset))
+    floor = {name: statistics.median(rates) for name, rates in floors.items()}
     best = max(floor, key=floor.get)
     for name, rate in floor.items():
         rows.append((f"(d) decode only, {name}", 0, rate, rate, []))
-    for workers in [int(w) for w in args.workers.split(",")]:
-        for label, loader in (
-                ("(a) loaders.make_loader", ours(workers)),
-                ("(b) webdataset + PIL", webdataset_loader(shard_urls(dataset), args.batch_size,
-                                                           workers, args.image_size)),
-                ("(c) predecessor (cache)", predecessor_loader(workdir, args.batch_size, workers,
-                                                               args.image_size))):
-            rate, peaks = measure(loader)
-            rows.append((label, workers, rate, rate / max(1, workers), peaks))
+    for (label, workers), runs in results.items():
+        rate = statistics.median(r for r, _ in runs)
+        # Each round has new workers: report, per worker position, the highest peak seen.
+        peaks = [max(column) for column in zip(*(p for _, p in runs if p))]
+        rows.append((label, workers, rate, rate / max(1, workers), peaks))
 
-    print(f"\n{'pipeline':<30}{'workers':>8}{'samples/s':>11}{'per worker':>12}  peak RSS per worker")
+    print(f"\nmedians of {args.rounds} interleaved rounds")
+    print(f"{'pipeline':<40}{'workers':>8}{'samples/s':>11}{'per worker':>12}  peak RSS per worker")
     for label, workers, rate, per_worker, peaks in rows:
         memory = ", ".join(f"{p:.0f} MB" for p in peaks) or "-"
-        print(f"{label:<30}{workers:>8}{rate:>11.0f}{per_worker:>12.0f}  {memory}")
-    by = {(label[:3], workers): rate for label, workers, rate, _, _ in rows}
+        print(f"{label:<40}{workers:>8}{rate:>11.0f}{per_worker:>12.0f}  {memory}")
+    by = {(label, workers): rate for label, workers, rate, _, _ in rows}
     print(f"\nratios (decode floor: {best}, {floor[best]:.0f} samples/s in one process)")
-    for workers in sorted({w for _, w, _, _, _ in rows if w}):
-        a = by[("(a)", workers)]
+    for workers in worker_counts:
+        a = by[("(a) loaders.make_loader", workers)]
         print(f"  {workers} worker(s): (a) per worker / (d) = {a / workers / floor[best]:.2f} "
-              f"(target >= 0.75);  (a)/(b) = {a / by[('(b)', workers)]:.2f} (>= 1.5);  "
-              f"(a)/(c) = {a / by[('(c)', workers)]:.2f} (>= 3)")
+              f"(target >= 0.75);  (a)/(b) = {a / by[('(b) webdataset + PIL', workers)]:.2f} "
+              f"(>= 1.5);  (a)/(c) = {a / by[('(c) predecessor (cache)', workers)]:.2f} (>= 3)")
+        general = by.get(("(a) ... general path only", workers))
+        if general:
+            print(f"      general path only: per worker / (d) = "
+                  f"{general / workers / floor[best]:.2f}")
     return 0
 
 

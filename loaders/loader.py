@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from .ring import RingBatch, forget_workers
 from .stream import ShardStream, read_split
 
 logger = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ class ShardLoader(DataLoader):
 
     def __iter__(self):
         self.dataset.begin_epoch()  # before the workers (persistent or new) start the pass
-        return super().__iter__()
+        iterator = super().__iter__()
+        if not self.dataset.ring_slots or self.num_workers == 0:
+            return iterator
+        return _TakingIterator(iterator, forget_at_end=not self.persistent_workers)
 
     def close(self) -> None:
         """Stop persistent workers now rather than whenever the loader is collected."""
@@ -47,6 +51,45 @@ class ShardLoader(DataLoader):
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+class _TakingIterator:
+    """The DataLoader's iterator, with each worker's RingBatch copied out of its slot.
+
+    With pin_memory the pin thread has already done that (RingBatch.pin_memory); a batch
+    a worker sent as plain tensors (no free slot) passes through unchanged.
+    """
+
+    def __init__(self, iterator, forget_at_end: bool):
+        self._iterator = iterator
+        self._forget_at_end = forget_at_end
+        self._pids = [w.pid for w in getattr(iterator, "_workers", [])]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            batch = next(self._iterator)
+        except StopIteration:
+            self._forget()
+            raise
+        return batch.take() if isinstance(batch, RingBatch) else batch
+
+    def __len__(self):
+        return len(self._iterator)
+
+    def __getattr__(self, name):  # _workers, _shutdown_workers, ... of the real iterator
+        if name in ("_iterator", "_forget_at_end", "_pids"):
+            raise AttributeError(name)  # not set yet: __init__ failed part-way
+        return getattr(self._iterator, name)
+
+    def _forget(self):
+        if self._forget_at_end:  # these workers exit with the pass: drop their mappings
+            forget_workers(self._pids)
+
+    def __del__(self):
+        self._forget()
 
 
 def make_loader(dataset_dir, split: str, *, batch_size: int = 64, num_workers: int = 2,
@@ -76,6 +119,8 @@ def make_loader(dataset_dir, split: str, *, batch_size: int = 64, num_workers: i
                          image_size=image_size, num_workers=num_workers, rank=rank,
                          world_size=world_size, seed=seed, shuffle_buffer=shuffle_buffer,
                          split_name=f"{dataset_dir}:{split}", keys=keys)
+    # Reused shared-memory batch slots: the in-flight batches, one being taken, one spare.
+    stream.ring_slots = prefetch_factor + 2 if num_workers > 0 else 0
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
     if persistent_workers is None:

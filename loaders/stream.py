@@ -23,15 +23,16 @@ import os
 import random
 from pathlib import Path
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from . import plan
+from .ring import WorkerRing, new_batch
 from .tarread import DamagedShard, ReadReport, open_shard, read_samples
-from .transforms import eval_view, train_view
+from .transforms import eval_into, train_into
 
 logger = logging.getLogger(__name__)
 
+_STATS = 4  # values per worker in ShardStream._stats
 _warned: set = set()  # (split, group size) already warned about in this process
 _damage_logged: set = set()  # shard paths already reported as damaged by this process
 
@@ -72,10 +73,15 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.split_name = split_name
         self.keys = keys  # also yield each batch's sample keys (for tests, audits, exports)
+        # Slots per worker for reusing shared-memory batches (see ring.py). 0 sends fresh
+        # tensors, which any DataLoader understands; make_loader turns the ring on.
+        self.ring_slots = 0
+        self._ring: WorkerRing | None = None  # built inside each worker process
         # Shared memory, so set_epoch reaches persistent workers and workers' counts add up.
         self._epoch = multiprocessing.Value("q", 0)
         self._skipped = multiprocessing.Value("q", 0)
-        self._stats = multiprocessing.Array("q", 3 * self.num_workers)  # rss kB, peak kB, shards
+        # Per worker: rss kB, peak kB, open shards, batches sent fresh for want of a free slot.
+        self._stats = multiprocessing.Array("q", _STATS * self.num_workers)
         self._epoch_chosen = False
         self._iterations = 0
         total = sum(self.shard_sizes)
@@ -110,10 +116,12 @@ class ShardStream(IterableDataset):
         return self._skipped.value
 
     def worker_stats(self) -> list[dict]:
-        """Per worker of this rank, at the end of its last pass: RSS, peak RSS, open shards."""
+        """Per worker of this rank, at the end of its last pass: RSS, peak RSS, open shards,
+        and ring_fallbacks: batches sent in fresh memory because the consumer still held
+        every reusable slot (see ring.py). Growing fallbacks mean batches are kept alive."""
         values = list(self._stats)
-        return [{"rss_kb": values[3 * w], "peak_rss_kb": values[3 * w + 1],
-                 "open_shards": values[3 * w + 2]} for w in range(self.num_workers)]
+        return [dict(zip(("rss_kb", "peak_rss_kb", "open_shards", "ring_fallbacks"),
+                         values[_STATS * w:_STATS * (w + 1)])) for w in range(self.num_workers)]
 
     def __len__(self) -> int:
         if self.training:
@@ -133,6 +141,10 @@ class ShardStream(IterableDataset):
             raise ValueError(f"{self.split_name}: planned for {self.num_workers} workers but the "
                              f"DataLoader has {info.num_workers}; pass the same num_workers to both "
                              "(make_loader does)")
+        if self.ring_slots and self._ring is None:
+            self._ring = WorkerRing(self.ring_slots, self.batch_size, self.image_size)
+        if self._ring is not None:
+            self._ring.begin_pass()
         try:
             yield from self._worker_batches(info.id, epoch)
         finally:
@@ -246,14 +258,21 @@ class ShardStream(IterableDataset):
 
     def _batches(self, samples, view, partial: bool):
         size = self.image_size
-        images, labels, keys, filled = None, None, [], 0
+        ring = self._ring
+        images, labels, slot, keys, filled = None, None, None, [], 0
         for sample in samples:
             if images is None:
-                images, labels = _new_batch(self.batch_size, size)
+                slot = ring.acquire() if ring is not None else None
+                if slot is None:
+                    images, labels = new_batch(self.batch_size, size,
+                                               shared=get_worker_info() is not None)
+                else:
+                    images, labels = ring.slots[slot]
+                rows = images.permute(0, 2, 3, 1).numpy()  # the batch's HWC rows, to write into
                 keys = []
             try:
                 label = int(sample["cls"])
-                images[filled] = view(sample["image"])
+                view(rows[filled], sample["image"])
             except (OSError, ValueError, SyntaxError, RuntimeError) as exc:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
@@ -264,36 +283,33 @@ class ShardStream(IterableDataset):
             keys.append(sample["__key__"])
             filled += 1
             if filled == self.batch_size:
-                yield (images, labels, keys) if self.keys else (images, labels)
+                yield self._send(images, labels, slot, filled, keys)
                 images, filled = None, 0
         if partial and filled:
-            images, labels = images[:filled].clone(), labels[:filled].clone()
-            yield (images, labels, keys) if self.keys else (images, labels)
+            if slot is None:
+                images, labels = images[:filled].clone(), labels[:filled].clone()
+            yield self._send(images, labels, slot, filled, keys)
+        elif images is not None and slot is not None:
+            ring.release(slot)  # begun but never sent (a short training tail, or closed)
+
+    def _send(self, images, labels, slot, count, keys):
+        if slot is not None:
+            return self._ring.message(slot, count, keys if self.keys else None)
+        return (images, labels, keys) if self.keys else (images, labels)
 
     def _record_stats(self, worker: int) -> None:
         rss, hwm = _memory_kb()
-        self._stats[3 * worker:3 * worker + 3] = [rss, hwm, _open_shard_files()]
+        fallbacks = self._ring.fallbacks if self._ring is not None else 0
+        self._stats[_STATS * worker:_STATS * (worker + 1)] = [rss, hwm, _open_shard_files(),
+                                                              fallbacks]
 
 
 def train_view_fn(size: int, rng: random.Random):
-    return lambda data: train_view(data, size, rng)
+    return lambda out, data: train_into(out, data, size, rng)
 
 
 def eval_view_fn(size: int):
-    return lambda data: eval_view(data, size)
-
-
-def _new_batch(batch_size: int, size: int):
-    # N x 3 x H x W in channels-last memory: decoders and the resize kernel produce HWC,
-    # so filling it is a plain copy, and convolutions on CPU and GPU prefer this layout.
-    images = torch.empty((batch_size, size, size, 3), dtype=torch.uint8)
-    labels = torch.empty(batch_size, dtype=torch.int64)
-    if get_worker_info() is not None:
-        # Allocated in shared memory up front, as torch's own collate does, so sending the
-        # batch to the main process does not copy it again.
-        images.share_memory_()
-        labels.share_memory_()
-    return images.permute(0, 3, 1, 2), labels
+    return lambda out, data: eval_into(out, data, size)
 
 
 def _open_shard_files() -> int:

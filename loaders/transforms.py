@@ -1,18 +1,29 @@
 """Decode a stored image and crop it to the training size, all in compiled code.
 
-The build stores images close to the training size, so decode time is the floor. The
-path per sample: read the header, pick the crop box, decode (libjpeg-turbo through
-simplejpeg when it is installed, else Pillow; DCT-domain downscaling only when the image
-is much larger than any crop needs), slice the box out of the array, and scale it with
-torch's uint8 bilinear kernel (antialiased when shrinking). A box that already has the
-output size is copied, not scaled. Profiling showed Pillow's `resize` costing more than
-the decode itself for these sizes; torch's channels-last uint8 kernel is about 4x faster.
+The build stores images close to the training size, so the decode is most of the cost.
+Per sample: read the header, pick the crop box (the same random draws on every path),
+then one of two paths writes the crop into its row of the batch:
+
+- Region decode (`_cropdecode`, C, built at install where libjpeg-turbo's headers are
+  present): libjpeg-turbo decodes only the box's columns and rows, scaled in the DCT
+  domain by 1/2, 1/4 or 1/8 when the box is that much larger than the output, and a
+  fixed-point bilinear kernel (SSSE3 where the CPU has it) writes the output. A training
+  crop covers a quarter to four fifths of the image, so this costs less than decoding
+  the whole image.
+- General path, for PNG, CMYK JPEGs, or where the extension did not build: decode the
+  whole image (simplejpeg when installed, else Pillow), slice the box, and scale it with
+  torch's uint8 bilinear kernel (antialiased past a 2x shrink). A box that already has
+  the output size is copied, not scaled.
+
+Both sample the way torch's interpolate(mode="bilinear", align_corners=False) does and
+agree within a few levels per pixel; tests/loader/test_cropdecode.py checks that.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import os
 import random
 
 import numpy as np
@@ -25,6 +36,14 @@ try:  # optional: about a third faster than Pillow for the same libjpeg-turbo de
 except ImportError:  # pragma: no cover - depends on the environment
     simplejpeg = None
 
+try:  # optional: built from _cropdecode.c at install when libjpeg-turbo's headers exist
+    from . import _cropdecode
+except ImportError:  # pragma: no cover - depends on the environment
+    _cropdecode = None
+# An escape hatch, read at import (so DataLoader workers see it too): the general path only.
+if os.environ.get("SHARDTOOLS_REGION_DECODE", "1") == "0":
+    _cropdecode = None
+
 # Fraction of the shorter side kept by the evaluation centre crop (the usual 224/256).
 EVAL_CROP_FRACTION = 0.875
 TRAIN_SCALE = (0.25, 1.0)
@@ -34,7 +53,12 @@ MAX_PIXELS = 64_000_000
 
 
 def decoder_name() -> str:
-    return "simplejpeg" if simplejpeg is not None else "pillow"
+    """Which path decodes JPEG samples here, for logs and the benchmark."""
+    whole = "simplejpeg" if simplejpeg is not None else "pillow"
+    if _cropdecode is None:
+        return f"{whole} (whole image) + torch resize; region decoder not built"
+    return (f"region decode (libjpeg-turbo {_cropdecode.LIBJPEG_TURBO}, "
+            f"{_cropdecode.RESAMPLE_KERNELS} resize); {whole} for the rest")
 
 
 def image_size_of(data: bytes) -> tuple[int, int]:
@@ -109,14 +133,57 @@ def crop_resize(image: np.ndarray, box, size: int, flip: bool = False) -> torch.
     return out.flip(2) if flip else out
 
 
-def train_view(data: bytes, size: int, rng: random.Random, flip_p: float = 0.5) -> torch.Tensor:
+def train_into(out: np.ndarray, data: bytes, size: int, rng: random.Random,
+               flip_p: float = 0.5) -> None:
+    """A random resized crop, maybe mirrored, written into `out` (size x size x 3 uint8)."""
+    width, height = _checked_size(data)
+    box = random_box(width, height, rng)
+    flip = rng.random() < flip_p
     # A crop covers at least sqrt(min scale) of each side: decode no smaller than that.
-    image = decode_rgb(data, min_side=math.ceil(size / math.sqrt(TRAIN_SCALE[0])))
-    height, width = image.shape[:2]
-    return crop_resize(image, random_box(width, height, rng), size, flip=rng.random() < flip_p)
+    _crop_into(out, data, (width, height), box, size, flip,
+               min_side=math.ceil(size / math.sqrt(TRAIN_SCALE[0])))
+
+
+def eval_into(out: np.ndarray, data: bytes, size: int) -> None:
+    """The centre crop, written into `out` (size x size x 3 uint8)."""
+    width, height = _checked_size(data)
+    _crop_into(out, data, (width, height), center_box(width, height), size, False,
+               min_side=math.ceil(size / EVAL_CROP_FRACTION))
+
+
+def train_view(data: bytes, size: int, rng: random.Random, flip_p: float = 0.5) -> torch.Tensor:
+    """train_into as a new 3 x size x size tensor."""
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    train_into(out, data, size, rng, flip_p)
+    return torch.from_numpy(out).permute(2, 0, 1)
 
 
 def eval_view(data: bytes, size: int) -> torch.Tensor:
-    image = decode_rgb(data, min_side=math.ceil(size / EVAL_CROP_FRACTION))
+    out = np.empty((size, size, 3), dtype=np.uint8)
+    eval_into(out, data, size)
+    return torch.from_numpy(out).permute(2, 0, 1)
+
+
+def _checked_size(data: bytes) -> tuple[int, int]:
+    width, height = image_size_of(data)
+    if width * height > MAX_PIXELS:
+        raise ValueError(f"image of {width}x{height} pixels exceeds the loader's limit")
+    return width, height
+
+
+def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bool,
+               min_side: int) -> None:
+    if _cropdecode is not None and data[:2] == b"\xff\xd8":
+        try:
+            _cropdecode.decode_crop(data, box, size, out, flip)
+            return
+        except ValueError:
+            pass  # CMYK, or damage: the general path decides, and raises if it must
+    image = decode_rgb(data, min_side=min_side)
     height, width = image.shape[:2]
-    return crop_resize(image, center_box(width, height), size)
+    if (width, height) != tuple(full_size):  # shrunk while decoding: shrink the box too
+        sx, sy = width / full_size[0], height / full_size[1]
+        left, top = min(width - 1, int(box[0] * sx)), min(height - 1, int(box[1] * sy))
+        box = (left, top, max(left + 1, min(width, round(box[2] * sx))),
+               max(top + 1, min(height, round(box[3] * sy))))
+    out[...] = crop_resize(image, box, size, flip).permute(1, 2, 0).numpy()
