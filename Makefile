@@ -23,11 +23,12 @@ $(VENV)/.torch:
 	$(PIP) install -q $(TORCH_SPEC)
 	touch $@
 
-$(VENV)/.installed-demo: pyproject.toml $(VENV)/.torch
+# setup.py and the C source too: an edited extension must be rebuilt, not kept stale.
+$(VENV)/.installed-demo: pyproject.toml setup.py loaders/_cropdecode.c $(VENV)/.torch
 	$(PIP) install -q -e ".[viz]"
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.torch
+$(VENV)/.installed-test: pyproject.toml setup.py loaders/_cropdecode.c $(VENV)/.torch
 	$(PIP) install -q -e ".[test,viz,interop]"
 	touch $@
 

@@ -11,7 +11,8 @@ own build, from a md5(url).jpg cache this script fills, then measures samples pe
       their original size, PIL decode and resize every step, same workers;
   (d) the decode floor: one process that only decodes each whole stored JPEG, with each
       decoder installed (Pillow, simplejpeg, and the region decoder's libjpeg-turbo); the
-      fastest is the floor.
+      fastest is the floor. For context, also as many decode-only processes at once as
+      the most workers measured: what each busy core of this machine gives.
 
 Rates count samples after the first batch (steady state, worker start-up excluded) and
 peak memory is each worker's VmHWM. Every pipeline is measured --rounds times, the rounds
@@ -26,6 +27,7 @@ import argparse
 import io
 import json
 import math
+import multiprocessing
 import os
 import random
 import statistics
@@ -183,24 +185,50 @@ def stored_jpegs(dataset: Path) -> list[bytes]:
     return out
 
 
-def decode_floor(jpegs: list[bytes]) -> dict[str, float]:
-    rates = {}
+def _pil_decode(data):
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
 
-    def pil_decode(data):
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
 
-    decoders = {"pillow": pil_decode}
+def whole_image_decoders() -> dict:
+    decoders = {"pillow": _pil_decode}
     if loader_transforms.simplejpeg is not None:
-        decoders["simplejpeg"] = lambda data: loader_transforms.simplejpeg.decode_jpeg(data)
+        decoders["simplejpeg"] = loader_transforms.simplejpeg.decode_jpeg
     if loader_transforms._cropdecode is not None:
         decoders["region decoder, whole image"] = loader_transforms._cropdecode.decode_whole
-    for name, decode in decoders.items():
-        started = time.perf_counter()
-        for data in jpegs:
-            decode(data)
-        rates[name] = len(jpegs) / (time.perf_counter() - started)
-    return rates
+    return decoders
+
+
+def decode_rate(decode, jpegs: list[bytes]) -> float:
+    started = time.perf_counter()
+    for data in jpegs:
+        decode(data)
+    return len(jpegs) / (time.perf_counter() - started)
+
+
+def decode_floor(jpegs: list[bytes]) -> dict[str, float]:
+    return {name: decode_rate(decode, jpegs) for name, decode in whole_image_decoders().items()}
+
+
+def _decode_in_child(name, jpegs, start, results):
+    start.wait()
+    results.put(decode_rate(whole_image_decoders()[name], jpegs))
+
+
+def parallel_decode_rate(name: str, jpegs: list[bytes], processes: int) -> float:
+    """Per-process rate of `processes` decode-only processes running at once: what the
+    machine gives each of that many busy cores (shared caches, memory, the neighbours)."""
+    context = multiprocessing.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    children = [context.Process(target=_decode_in_child, args=(name, jpegs, start, results))
+                for _ in range(processes)]
+    for child in children:
+        child.start()
+    start.set()
+    rates = [results.get(timeout=600) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+    return statistics.mean(rates)
 
 
 def main(argv=None) -> int:
@@ -263,9 +291,14 @@ def main(argv=None) -> int:
             predecessor_loader(workdir, args.batch_size, w, args.image_size))))
     floors: dict[str, list[float]] = {}
     results: dict[tuple, list] = {(label, w): [] for label, w, _ in pipelines}
+    parallel: list[float] = []
+    most = max(worker_counts)
     for round_number in range(args.rounds):
         for name, rate in decode_floor(jpegs).items():
             floors.setdefault(name, []).append(rate)
+        if most > 1:  # with the fastest decoder of the round just measured
+            fastest = max(floors, key=lambda n: floors[n][-1])
+            parallel.append(parallel_decode_rate(fastest, jpegs, most))
         for label, workers, run in pipelines:
             results[(label, workers)].append(run())
         print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr)
@@ -275,6 +308,9 @@ def main(argv=None) -> int:
     best = max(floor, key=floor.get)
     for name, rate in floor.items():
         rows.append((f"(d) decode only, {name}", 0, rate, rate, []))
+    if parallel:
+        rate = statistics.median(parallel)
+        rows.append((f"(d) ... {most} at once, per process", most, rate * most, rate, []))
     for (label, workers), runs in results.items():
         rate = statistics.median(r for r, _ in runs)
         # Each round has new workers: report, per worker position, the highest peak seen.
@@ -297,6 +333,9 @@ def main(argv=None) -> int:
         if general:
             print(f"      general path only: per worker / (d) = "
                   f"{general / workers / floor[best]:.2f}")
+        if workers > 1 and parallel:
+            print(f"      against {workers} decode-only processes at once: per worker / "
+                  f"per process = {a / workers / statistics.median(parallel):.2f}")
     return 0
 
 

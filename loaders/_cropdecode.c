@@ -108,9 +108,11 @@ static void axis_taps(int in_size, int out_size, int *first, int *weight) {
 }
 
 /* The resampler works in two passes through rows of int16 "RGBX" pixels (four lanes, the
- * fourth unused, so one pixel is one 64-bit SIMD lane group): a source row scaled across
+ * fourth unused, so one pixel is one 64-bit SIMD lane group; the plain C set, used where
+ * neither SIMD set is, packs RGB instead): a source row scaled across
  * holds a * (ONE - w) + b * w per channel, at most 255 * 128; two such rows blend into an
- * output row. Each pass has a plain C kernel and an SSSE3 one, chosen once at import.
+ * output row. Each pass has a plain C kernel, an SSSE3 and an AVX2 one, chosen once at
+ * import by what the CPU supports.
  *
  * Per output pixel x the horizontal taps are the pixel at byte offset left[x] and the one
  * right after it. At the right edge the second tap is past the box, with weight 0: its
@@ -122,7 +124,7 @@ typedef struct {
     const int16_t *weights;  /* per output pixel: ONE-w, w, ONE-w, w, ONE-w, w, 0, 0 */
 } row_taps;
 
-static void scale_row_c(const unsigned char *row, const row_taps *taps, int16_t *out) {
+static void scale_row_rgbx_c(const unsigned char *row, const row_taps *taps, int16_t *out) {
     for (int x = 0; x < taps->size; x++) {
         const unsigned char *a = row + taps->left[x];
         int v = taps->weights[8 * x], w = taps->weights[8 * x + 1];
@@ -133,8 +135,8 @@ static void scale_row_c(const unsigned char *row, const row_taps *taps, int16_t 
     }
 }
 
-static void blend_rows_c(const int16_t *upper, const int16_t *lower, int weight, int size,
-                         unsigned char *out) {
+static void blend_rows_rgbx_c(const int16_t *upper, const int16_t *lower, int weight, int size,
+                              unsigned char *out) {
     int keep = WEIGHT_ONE - weight, half = 1 << (2 * WEIGHT_BITS - 1);
     for (int x = 0; x < size; x++) {
         for (int c = 0; c < 3; c++) {
@@ -142,6 +144,27 @@ static void blend_rows_c(const int16_t *upper, const int16_t *lower, int weight,
             out[3 * x + c] = (unsigned char)((upper[i] * keep + lower[i] * weight + half) >>
                                              (2 * WEIGHT_BITS));
         }
+    }
+}
+
+/* The plain C set packs rows as RGB (three lanes) instead, so that the blend is one
+ * contiguous loop the compiler can vectorise on any CPU. */
+static void scale_row_c(const unsigned char *row, const row_taps *taps, int16_t *out) {
+    for (int x = 0; x < taps->size; x++) {
+        const unsigned char *a = row + taps->left[x];
+        int v = taps->weights[8 * x], w = taps->weights[8 * x + 1];
+        out[3 * x] = (int16_t)(a[0] * v + a[3] * w);
+        out[3 * x + 1] = (int16_t)(a[1] * v + a[4] * w);
+        out[3 * x + 2] = (int16_t)(a[2] * v + a[5] * w);
+    }
+}
+
+static void blend_rows_c(const int16_t *restrict upper, const int16_t *restrict lower,
+                         int weight, int size, unsigned char *restrict out) {
+    int keep = WEIGHT_ONE - weight, half = 1 << (2 * WEIGHT_BITS - 1);
+    for (int i = 0; i < 3 * size; i++) {
+        out[i] = (unsigned char)((upper[i] * keep + lower[i] * weight + half) >>
+                                 (2 * WEIGHT_BITS));
     }
 }
 
@@ -165,7 +188,7 @@ static void scale_row_ssse3(const unsigned char *row, const row_taps *taps, int1
     }
     if (x < taps->size) {
         row_taps last = {1, taps->left + x, taps->weights + 8 * x};
-        scale_row_c(row, &last, out + 4 * x);
+        scale_row_rgbx_c(row, &last, out + 4 * x);
     }
 }
 
@@ -198,12 +221,85 @@ static void blend_rows_ssse3(const int16_t *upper, const int16_t *lower, int wei
         memcpy(out + 3 * x + 8, &tail, 4);
     }
     if (x < size) {
-        blend_rows_c(upper + 4 * x, lower + 4 * x, weight, size - x, out + 3 * x);
+        blend_rows_rgbx_c(upper + 4 * x, lower + 4 * x, weight, size - x, out + 3 * x);
+    }
+}
+
+#include <immintrin.h>
+
+/* The same two kernels, four and eight pixels a step in 256-bit registers. */
+__attribute__((target("avx2")))
+static void scale_row_avx2(const unsigned char *row, const row_taps *taps, int16_t *out) {
+    const __m256i pairs = _mm256_setr_epi8(0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1, -1, -1,
+                                           -1, -1, 0, -1, 3, -1, 1, -1, 4, -1, 2, -1, 5, -1,
+                                           -1, -1, -1, -1);
+    const __m256i *weights = (const __m256i *)taps->weights; /* two pixels per vector */
+    const int *left = taps->left;
+    int x = 0;
+    for (; x + 4 <= taps->size; x += 4) {
+        __m256i p = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(row + left[x]))),
+            _mm_loadl_epi64((const __m128i *)(row + left[x + 1])), 1);
+        __m256i q = _mm256_inserti128_si256(
+            _mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(row + left[x + 2]))),
+            _mm_loadl_epi64((const __m128i *)(row + left[x + 3])), 1);
+        p = _mm256_madd_epi16(_mm256_shuffle_epi8(p, pairs), _mm256_loadu_si256(weights + x / 2));
+        q = _mm256_madd_epi16(_mm256_shuffle_epi8(q, pairs),
+                              _mm256_loadu_si256(weights + x / 2 + 1));
+        /* packs works per 128-bit lane: (x, x+2 | x+1, x+3); put them back in order. */
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(p, q), 0xD8);
+        _mm256_storeu_si256((__m256i *)(out + 4 * x), packed);
+    }
+    if (x < taps->size) {
+        row_taps rest = {taps->size - x, taps->left + x, taps->weights + 8 * x};
+        scale_row_ssse3(row, &rest, out + 4 * x);
+    }
+}
+
+__attribute__((target("avx2")))
+static void blend_rows_avx2(const int16_t *upper, const int16_t *lower, int weight, int size,
+                            unsigned char *out) {
+    const __m256i weights = _mm256_set1_epi32((weight << 16) | (WEIGHT_ONE - weight));
+    const __m256i half = _mm256_set1_epi32(1 << (2 * WEIGHT_BITS - 1));
+    const __m256i drop_x = _mm256_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1,
+                                            -1, 0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1,
+                                            -1, -1);
+    int x = 0;
+    for (; x + 8 <= size; x += 8) {
+        __m256i u0 = _mm256_loadu_si256((const __m256i *)(upper + 4 * x));
+        __m256i u1 = _mm256_loadu_si256((const __m256i *)(upper + 4 * x + 16));
+        __m256i l0 = _mm256_loadu_si256((const __m256i *)(lower + 4 * x));
+        __m256i l1 = _mm256_loadu_si256((const __m256i *)(lower + 4 * x + 16));
+        /* Per lane: unpacklo holds pixel 0 (or 2), unpackhi pixel 1 (or 3). */
+        __m256i a = _mm256_madd_epi16(_mm256_unpacklo_epi16(u0, l0), weights);
+        __m256i b = _mm256_madd_epi16(_mm256_unpackhi_epi16(u0, l0), weights);
+        __m256i c = _mm256_madd_epi16(_mm256_unpacklo_epi16(u1, l1), weights);
+        __m256i d = _mm256_madd_epi16(_mm256_unpackhi_epi16(u1, l1), weights);
+        a = _mm256_srai_epi32(_mm256_add_epi32(a, half), 2 * WEIGHT_BITS);
+        b = _mm256_srai_epi32(_mm256_add_epi32(b, half), 2 * WEIGHT_BITS);
+        c = _mm256_srai_epi32(_mm256_add_epi32(c, half), 2 * WEIGHT_BITS);
+        d = _mm256_srai_epi32(_mm256_add_epi32(d, half), 2 * WEIGHT_BITS);
+        /* (p0 p1 | p2 p3) and (p4 p5 | p6 p7) as int16, then bytes in 64-bit chunks
+         * (p0p1 p4p5 | p2p3 p6p7), put back in order: p0..p3 | p4..p7. */
+        __m256i bytes = _mm256_packus_epi16(_mm256_packs_epi32(a, b), _mm256_packs_epi32(c, d));
+        bytes = _mm256_permute4x64_epi64(bytes, 0xD8);
+        __m256i rgb = _mm256_shuffle_epi8(bytes, drop_x); /* 12 bytes at the start of each lane */
+        __m128i low = _mm256_castsi256_si128(rgb), high = _mm256_extracti128_si256(rgb, 1);
+        _mm_storel_epi64((__m128i *)(out + 3 * x), low);
+        int low_tail = _mm_cvtsi128_si32(_mm_srli_si128(low, 8));
+        memcpy(out + 3 * x + 8, &low_tail, 4);
+        _mm_storel_epi64((__m128i *)(out + 3 * x + 12), high);
+        int high_tail = _mm_cvtsi128_si32(_mm_srli_si128(high, 8));
+        memcpy(out + 3 * x + 20, &high_tail, 4);
+    }
+    if (x < size) {
+        blend_rows_ssse3(upper + 4 * x, lower + 4 * x, weight, size - x, out + 3 * x);
     }
 }
 #endif
 
 static void (*scale_row)(const unsigned char *, const row_taps *, int16_t *) = scale_row_c;
+static const char *kernel_name = "c";
 static void (*blend_rows)(const int16_t *, const int16_t *, int, int, unsigned char *) =
     blend_rows_c;
 
@@ -432,7 +528,44 @@ static PyObject *decode_whole(PyObject *self, PyObject *arg) {
     return Py_BuildValue("(Nii)", pixels, job.height, job.width);
 }
 
+/* Which kernels run: the best the CPU has by default; tests switch to check that all of
+ * them give the same bytes (they do the same integer arithmetic). */
+static int select_kernels(const char *name) {
+    if (strcmp(name, "c") == 0) {
+        scale_row = scale_row_c;
+        blend_rows = blend_rows_c;
+#ifdef HAVE_SSSE3_KERNELS
+    } else if (strcmp(name, "ssse3") == 0 && __builtin_cpu_supports("ssse3")) {
+        scale_row = scale_row_ssse3;
+        blend_rows = blend_rows_ssse3;
+    } else if (strcmp(name, "avx2") == 0 && __builtin_cpu_supports("avx2")) {
+        scale_row = scale_row_avx2;
+        blend_rows = blend_rows_avx2;
+#endif
+    } else {
+        return -1;
+    }
+    kernel_name = name;
+    return 0;
+}
+
+static PyObject *use_kernels(PyObject *self, PyObject *arg) {
+    const char *name = PyUnicode_AsUTF8(arg);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *previous = PyUnicode_FromString(kernel_name);
+    if (previous != NULL && select_kernels(name) < 0) {
+        Py_DECREF(previous);
+        PyErr_Format(PyExc_ValueError, "kernels %R are not available on this CPU", arg);
+        return NULL;
+    }
+    return previous;
+}
+
 static PyMethodDef methods[] = {
+    {"_use_kernels", use_kernels, METH_O,
+     "_use_kernels(name) -> previous name: 'c', 'ssse3' or 'avx2' (for tests)."},
     {"decode_crop", (PyCFunction)(void (*)(void))decode_crop, METH_VARARGS | METH_KEYWORDS,
      "decode_crop(data, box, size, out, flip=False)\n--\n\n"
      "Decode the (left, top, right, bottom) box of a JPEG and scale it bilinearly to\n"
@@ -450,19 +583,16 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__cropdecode(void) {
-    const char *kernels = "c";
 #ifdef HAVE_SSSE3_KERNELS
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("ssse3")) {
-        scale_row = scale_row_ssse3;
-        blend_rows = blend_rows_ssse3;
-        kernels = "ssse3";
+    if (select_kernels("avx2") < 0) {
+        select_kernels("ssse3");
     }
 #endif
     PyObject *m = PyModule_Create(&module);
     if (m != NULL) {
         PyModule_AddIntConstant(m, "JPEG_LIB_VERSION", JPEG_LIB_VERSION);
-        PyModule_AddStringConstant(m, "RESAMPLE_KERNELS", kernels);
+        PyModule_AddStringConstant(m, "RESAMPLE_KERNELS", kernel_name);
         PyModule_AddStringConstant(m, "LIBJPEG_TURBO", LIBJPEG_TURBO_VERSION_STRING);
     }
     return m;

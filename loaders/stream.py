@@ -268,18 +268,19 @@ class ShardStream(IterableDataset):
                                                shared=get_worker_info() is not None)
                 else:
                     images, labels = ring.slots[slot]
-                rows = images.permute(0, 2, 3, 1).numpy()  # the batch's HWC rows, to write into
+                # numpy views to write into: the batch's HWC rows, and its labels (a numpy
+                # store costs a tenth of a tensor item assignment).
+                rows, label_rows = images.permute(0, 2, 3, 1).numpy(), labels.numpy()
                 keys = []
             try:
-                label = int(sample["cls"])
+                label_rows[filled] = int(sample["cls"])  # a class past int64 is refused here
                 view(rows[filled], sample["image"])
-            except (OSError, ValueError, SyntaxError, RuntimeError) as exc:
+            except (OSError, ValueError, SyntaxError, RuntimeError, OverflowError) as exc:
                 with self._skipped.get_lock():
                     self._skipped.value += 1
                 logger.warning("%s: skipping sample %s that does not decode: %s",
                                self.split_name, sample.get("__key__"), exc)
                 continue
-            labels[filled] = label
             keys.append(sample["__key__"])
             filled += 1
             if filled == self.batch_size:

@@ -45,17 +45,12 @@ def open_shard(path: str):
 def read_samples(stream, report: ReadReport):
     """Yield {"__key__", "image", "cls"[, "json"]} per complete sample, in shard order."""
     key, members = None, {}
-    for name, data in _members(stream, report):
-        base = name.rsplit("/", 1)[-1]
-        stem, dot, extension = base.partition(".")
-        member_key = name[: len(name) - len(base)] + stem
+    for member_key, extension, data in _members(stream, report):
         if member_key != key:
             if key is not None:
                 yield from _finish(key, members, report)
             key, members = member_key, {}
-        extension = extension.lower()
-        if dot and extension in KNOWN_MEMBERS:
-            members["image" if extension in IMAGE_MEMBERS else extension] = data
+        members["image" if extension in IMAGE_MEMBERS else extension] = data
     if key is not None:
         yield from _finish(key, members, report)
 
@@ -68,20 +63,34 @@ def _finish(key, members, report):
         report.incomplete.append(key)
 
 
+def _split_name(name: str) -> tuple[str, str]:
+    """(key, lower-case extension): "dir/abc.cls" -> ("dir/abc", "cls"); no dot: ext ""."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot < 0:
+        return name, ""
+    return name[:dot], name[dot + 1:].lower()
+
+
 def _members(stream, report: ReadReport):
-    """(name, bytes) of regular-file members whose extension is known; others skipped."""
+    """(key, extension, bytes) of regular-file members whose extension is known; others
+    skipped unread. The loop runs once per member of every shard, so it is kept flat."""
+    read = stream.read
     long_name = None
     pax_name = None
+    known = KNOWN_MEMBERS
     while True:
         header_at = report.offset
-        header = _read_exactly(stream, _BLOCK)
-        if len(header) == 0:
-            report.damage = DamagedShard(header_at, "data ends without the end-of-archive blocks")
-            return
-        if len(header) < _BLOCK:
-            report.damage = DamagedShard(header_at, "cut inside a tar header")
-            return
-        if header == b"\0" * _BLOCK:
+        header = read(_BLOCK)
+        if len(header) != _BLOCK:
+            header += _read_exactly(stream, _BLOCK - len(header)) if header else b""
+            if len(header) == 0:
+                report.damage = DamagedShard(header_at, "data ends without the end-of-archive blocks")
+                return
+            if len(header) < _BLOCK:
+                report.damage = DamagedShard(header_at, "cut inside a tar header")
+                return
+        if header == _ZERO_BLOCK:
             return
         report.offset += _BLOCK
         try:
@@ -90,15 +99,21 @@ def _members(stream, report: ReadReport):
             report.damage = DamagedShard(header_at, str(exc))
             return
         padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
-        wanted = kind in (b"0", b"\0", b"7", b"x", b"L") and (
-            kind in (b"x", b"L") or _extension(long_name or pax_name or name) in KNOWN_MEMBERS)
+        if kind in _REGULAR:
+            key, extension = _split_name(long_name or pax_name or name)
+            wanted = extension in known
+        else:
+            wanted = kind in _NAME_RECORDS
         if wanted:
-            data = _read_exactly(stream, size)
-            if len(data) < size:
+            # One read for the data and its padding; the slice copies only the data.
+            block = read(padded)
+            if len(block) < padded:
+                block += _read_exactly(stream, padded - len(block))
+            if len(block) < size:
                 report.damage = DamagedShard(header_at, f"member {name!r} cut after "
-                                             f"{len(data)} of {size} bytes")
+                                             f"{len(block)} of {size} bytes")
                 return
-            _skip(stream, padded - size)
+            data = block[:size] if padded != size else block
         else:
             skipped = _skip(stream, padded)
             if skipped < padded:
@@ -111,14 +126,14 @@ def _members(stream, report: ReadReport):
         if kind == b"x":
             pax_name = _pax_path(data)
             continue
-        name = long_name or pax_name or name
         long_name = pax_name = None
         if wanted:
-            yield name, data
+            yield key, extension, data
 
 
-def _extension(name: str) -> str:
-    return name.rsplit("/", 1)[-1].partition(".")[2].lower()
+_ZERO_BLOCK = b"\0" * _BLOCK
+_REGULAR = (b"0", b"\0", b"7")
+_NAME_RECORDS = (b"x", b"L")  # pax extended header, GNU long name: read for the next name
 
 
 def _parse_header(header: bytes) -> tuple[str, int, bytes]:
@@ -180,6 +195,6 @@ def _skip(stream, size: int) -> int:
         # Padding and small members: reading keeps the buffered stream's buffer.
         return len(_read_exactly(stream, size)) if size else 0
     here = stream.tell()
-    end = os.fstat(stream.fileno()).st_size
+    end = stream.seek(0, os.SEEK_END)  # any seekable stream, with a file number or not
     stream.seek(min(here + size, end))
     return min(size, end - here)

@@ -82,6 +82,44 @@ def test_random_training_crops_match_the_general_path(photo, kind):
         assert diff.mean() < 0.5, (box, flip)
 
 
+def _available_kernels():
+    found = []
+    for name in ("c", "ssse3", "avx2"):
+        try:
+            previous = cropdecode._use_kernels(name)
+        except ValueError:
+            continue
+        cropdecode._use_kernels(previous)
+        found.append(name)
+    return found
+
+
+def test_every_kernel_set_gives_the_same_bytes(photo):
+    # Plain C, SSSE3 and AVX2 do the same integer arithmetic: outputs must be identical,
+    # for every width remainder the vector loops leave to their tails.
+    data = _encode(photo, quality=90)
+    rng = random.Random(5)
+    cases = [(transforms.random_box(*photo.size, rng), size, rng.random() < 0.5)
+             for size in (1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 63, 224, 225)]
+    results = {}
+    previous = cropdecode.RESAMPLE_KERNELS
+    try:
+        for name in _available_kernels():
+            cropdecode._use_kernels(name)
+            results[name] = [_region(data, box, size, flip) for box, size, flip in cases]
+    finally:
+        cropdecode._use_kernels(previous)
+    assert "c" in results
+    for name, outputs in results.items():
+        for got, want, case in zip(outputs, results["c"], cases):
+            assert np.array_equal(got, want), (name, case)
+
+
+def test_unknown_kernels_are_refused():
+    with pytest.raises(ValueError, match="not available"):
+        cropdecode._use_kernels("neon-on-x86")
+
+
 def test_grayscale_jpegs_come_out_as_rgb(photo):
     data = _encode(photo.convert("L"), quality=90)
     box = (10, 20, 110, 120)  # under a 2x shrink: decoded at full size, as the reference
@@ -199,7 +237,7 @@ def test_both_paths_draw_the_same_crops_from_the_same_seed(photo, monkeypatch):
 
 def test_the_loader_reports_which_decoder_it_uses():
     assert transforms.decoder_name().startswith("region decode (libjpeg-turbo")
-    assert cropdecode.RESAMPLE_KERNELS in ("ssse3", "c")
+    assert cropdecode.RESAMPLE_KERNELS in ("avx2", "ssse3", "c")
 
 
 def test_eval_crops_match_the_general_path_too(photo, monkeypatch):

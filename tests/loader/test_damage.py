@@ -143,3 +143,34 @@ def test_skipped_counts_each_lost_sample_once_when_workers_share_a_shard(single,
         stream.truncate(_cut_points(path)["in member"])
     keys, loader = _read_val(dataset, num_workers=num_workers)
     assert loader.skipped == victim["num_samples"] - len(keys) > 0
+
+
+@pytest.mark.parametrize("bad", ["label past int64", "label not a number", "image not an image",
+                                 "image cut short"])
+def test_a_bad_sample_in_a_sound_shard_is_skipped_and_counted(many, tmp_path, caplog, bad):
+    # A hand-made shard: every sample good but one. The loader skips that one with a log
+    # line naming its key, counts it, and delivers the rest.
+    dataset = _copy(many, tmp_path)
+    shard = dataset / shards(dataset, "val")[0]["name"]
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    victim = members[0][0].partition(".")[0]
+    broken = {"label past int64": ("cls", b"99999999999999999999999"),
+              "label not a number": ("cls", b"three"),
+              "image not an image": ("jpg", b"\xff\xd8 not a jpeg \xff\xd9"),
+              "image cut short": ("jpg", None)}[bad]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            key, _, extension = name.partition(".")
+            if key == victim and extension == broken[0]:
+                data = broken[1] if broken[1] is not None else data[: len(data) // 2]
+            _member(tar, name, data)
+    expected = set(truth(many, "val")) - {victim}
+    with caplog.at_level(logging.WARNING, logger="loaders.stream"):
+        keys, loader = _read_val(dataset, num_workers=0)  # in-process: its log is captured
+    assert set(keys) == expected and len(keys) == len(expected)
+    assert loader.skipped == 1
+    assert any(victim in record.getMessage() and "does not decode" in record.getMessage()
+               for record in caplog.records)
+    keys, loader = _read_val(dataset, num_workers=1, persistent_workers=False)  # a worker
+    assert set(keys) == expected and loader.skipped == 1
