@@ -10,7 +10,7 @@
  * no antialiasing.
  *
  * The bilinear step samples as torch's interpolate(mode="bilinear", align_corners=False)
- * does, in 11-bit fixed point, writing HWC uint8 straight into the caller's buffer (a row
+ * does, in 7-bit fixed point, writing HWC uint8 straight into the caller's buffer (a row
  * of the batch), optionally mirrored. It is separable: each needed source row is scaled
  * across once, and output rows blend two of those.
  *
@@ -27,6 +27,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -73,20 +74,65 @@ typedef struct {
     int left, top, right, bottom; /* the box, in the scaled image's pixels */
 } box_t;
 
-/* Per-call scratch, kept per thread so repeated calls reuse it. */
-static __thread unsigned char *scratch = NULL;
-static __thread size_t scratch_size = 0;
+/* Per-call scratch, kept per thread so repeated calls reuse it. A pthread key's destructor
+ * frees it with its thread (plain __thread storage would leak it), and a buffer grown past
+ * SCRATCH_KEEP for one large image is freed after that call rather than kept. */
+#define SCRATCH_KEEP ((size_t)16 << 20)
+
+typedef struct {
+    unsigned char *data;
+    size_t size;
+} scratch_t;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_free(void *pointer) {
+    scratch_t *scratch = pointer;
+    free(scratch->data);
+    free(scratch);
+}
+
+static void scratch_key_make(void) {
+    pthread_key_create(&scratch_key, scratch_free);
+}
+
+static scratch_t *scratch_here(void) {
+    pthread_once(&scratch_once, scratch_key_make);
+    scratch_t *scratch = pthread_getspecific(scratch_key);
+    if (scratch == NULL) {
+        scratch = calloc(1, sizeof *scratch);
+        if (scratch == NULL || pthread_setspecific(scratch_key, scratch) != 0) {
+            free(scratch);
+            return NULL;
+        }
+    }
+    return scratch;
+}
 
 static unsigned char *scratch_of(size_t size) {
-    if (size > scratch_size) {
-        unsigned char *grown = realloc(scratch, size);
+    scratch_t *scratch = scratch_here();
+    if (scratch == NULL) {
+        return NULL;
+    }
+    if (size > scratch->size) {
+        unsigned char *grown = realloc(scratch->data, size);
         if (grown == NULL) {
             return NULL;
         }
-        scratch = grown;
-        scratch_size = size;
+        scratch->data = grown;
+        scratch->size = size;
     }
-    return scratch;
+    return scratch->data;
+}
+
+static void scratch_trim(void) {
+    scratch_t *scratch = scratch_here();
+    if (scratch != NULL && scratch->size > SCRATCH_KEEP) {
+        free(scratch->data);
+        scratch->data = NULL;
+        scratch->size = 0;
+    }
 }
 
 /* Source index and weight for each output position, as torch computes them. */
@@ -368,7 +414,25 @@ typedef struct {
     unsigned char *out;   /* size*size*3, or NULL to return the whole image in scratch */
     int width, height;    /* out: the decoded image's size (whole-image mode) */
     unsigned char *pixels;
+    int not_handled;      /* out: refused as a kind of file this decoder leaves to others */
 } job_t;
+
+/* libjpeg-turbo 2.1.5 crops columns wrongly when a scaled decode gives a component a
+ * larger inverse DCT than the luma and that component still needs upsampling (luma sampled
+ * 4x2 or 2x4 over 1x1 chroma, at 1/2 and 1/4): such images are decoded at full width. */
+static int columns_crop_cleanly(const struct jpeg_decompress_struct *cinfo) {
+    for (int i = 0; i < cinfo->num_components; i++) {
+        const jpeg_component_info *c = &cinfo->comp_info[i];
+        int upsampled = c->h_samp_factor * c->DCT_scaled_size !=
+                            cinfo->max_h_samp_factor * cinfo->min_DCT_scaled_size ||
+                        c->v_samp_factor * c->DCT_scaled_size !=
+                            cinfo->max_v_samp_factor * cinfo->min_DCT_scaled_size;
+        if (c->DCT_scaled_size != cinfo->min_DCT_scaled_size && upsampled) {
+            return 0;
+        }
+    }
+    return 1;
+}
 
 /* Returns NULL on success, else a message (static or in err->message). Runs without the GIL. */
 static const char *run(job_t *job, error_manager *err) {
@@ -377,7 +441,8 @@ static const char *run(job_t *job, error_manager *err) {
      * loader's general path, which decodes it whole.) */
     if (job->length < 4 || job->data[job->length - 2] != 0xFF ||
         job->data[job->length - 1] != 0xD9) {
-        return "no end-of-image marker at the end (cut short?)";
+        job->not_handled = 1;
+        return "no end-of-image marker at the end (cut short, or data after it)";
     }
     struct jpeg_decompress_struct cinfo;
     memset(&cinfo, 0, sizeof(cinfo));
@@ -394,6 +459,7 @@ static const char *run(job_t *job, error_manager *err) {
     jpeg_read_header(&cinfo, TRUE);
     if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
         jpeg_destroy_decompress(&cinfo);
+        job->not_handled = 1;
         return "CMYK JPEG: not decoded here";
     }
     if ((long long)cinfo.image_width * cinfo.image_height > MAX_PIXELS) {
@@ -434,8 +500,10 @@ static const char *run(job_t *job, error_manager *err) {
     int crop_right = box.right + CROP_MARGIN < (int)cinfo.output_width
                          ? box.right + CROP_MARGIN : (int)cinfo.output_width;
     JDIMENSION x_offset = (JDIMENSION)crop_left, crop_width = (JDIMENSION)(crop_right - crop_left);
-    if (crop_width < cinfo.output_width) {
+    if (crop_width < cinfo.output_width && columns_crop_cleanly(&cinfo)) {
         jpeg_crop_scanline(&cinfo, &x_offset, &crop_width); /* widened to iMCU edges */
+    } else {
+        x_offset = 0; /* whole rows */
     }
     size_t stride = (size_t)cinfo.output_width * 3; /* output_width is now the crop's */
     int rows = box.bottom - box.top;
@@ -451,11 +519,19 @@ static const char *run(job_t *job, error_manager *err) {
     }
     while ((int)cinfo.output_scanline < box.bottom) {
         JSAMPROW row = buffer + stride * (cinfo.output_scanline - box.top);
-        jpeg_read_scanlines(&cinfo, &row, 1);
+        if (jpeg_read_scanlines(&cinfo, &row, 1) != 1) {
+            jpeg_destroy_decompress(&cinfo);
+            return "no more scanlines";  /* cannot happen with a memory source */
+        }
     }
-    /* The rows below the box are never decoded: abort instead of finish. */
     int decoded_width = (int)cinfo.output_width;
-    jpeg_abort_decompress(&cinfo);
+    if (cinfo.output_scanline == cinfo.output_height) {
+        /* The box reaches the bottom: read on to the end marker, where libjpeg reports
+         * damage it could not see before (e.g. "extraneous bytes before marker"). */
+        jpeg_finish_decompress(&cinfo);
+    } else {
+        jpeg_abort_decompress(&cinfo); /* the rows below the box are never decoded */
+    }
     jpeg_destroy_decompress(&cinfo);
     if (!job->size) {
         job->width = decoded_width;
@@ -470,30 +546,57 @@ static const char *run(job_t *job, error_manager *err) {
     return NULL;
 }
 
+/* Raised for files this decoder leaves to the general path: CMYK, or a file that does not
+ * end with its end-of-image marker. A subclass of ValueError; plain ValueError is damage. */
+static PyObject *NotHandled = NULL;
+
+static PyObject *raise_failure(const job_t *job, const char *failure) {
+    PyErr_Format(job->not_handled ? NotHandled : PyExc_ValueError, "JPEG does not decode: %s",
+                 failure);
+    return NULL;
+}
+
 static PyObject *decode_crop(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
     static char *keywords[] = {"data", "box", "size", "out", "flip", NULL};
     Py_buffer data, out;
+    PyObject *out_object;
     int left, top, right, bottom, size, flip = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*(iiii)iw*|p", keywords, &data, &left,
-                                     &top, &right, &bottom, &size, &out, &flip)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*(iiii)iO|p", keywords, &data, &left,
+                                     &top, &right, &bottom, &size, &out_object, &flip)) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "box and size must be within the C int range");
+        }
+        return NULL;
+    }
+    if (PyObject_GetBuffer(out_object, &out,
+                           PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&data);
+        if (PyErr_ExceptionMatches(PyExc_BufferError) ||
+            PyErr_ExceptionMatches(PyExc_ValueError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_ValueError, "out must be a writable, contiguous uint8 buffer");
+        }
         return NULL;
     }
     PyObject *result = NULL;
     if (size <= 0 || size > 8192) {
         PyErr_Format(PyExc_ValueError, "size %d is out of range", size);
-    } else if (out.len != (Py_ssize_t)size * size * 3 || !PyBuffer_IsContiguous(&out, 'C')) {
+    } else if (out.len != (Py_ssize_t)size * size * 3 || out.itemsize != 1) {
         PyErr_Format(PyExc_ValueError, "out must be a contiguous %d x %d x 3 uint8 buffer",
                      size, size);
     } else {
         job_t job = {data.buf, (size_t)data.len, {left, top, right, bottom}, size, flip,
-                     out.buf, 0, 0, NULL};
+                     out.buf, 0, 0, NULL, 0};
         error_manager err;
         const char *failure;
         Py_BEGIN_ALLOW_THREADS
         failure = run(&job, &err);
+        scratch_trim();
         Py_END_ALLOW_THREADS
         if (failure) {
-            PyErr_Format(PyExc_ValueError, "JPEG does not decode: %s", failure);
+            raise_failure(&job, failure);
         } else {
             Py_INCREF(Py_None);
             result = Py_None;
@@ -505,11 +608,12 @@ static PyObject *decode_crop(PyObject *self, PyObject *args, PyObject *kwargs) {
 }
 
 static PyObject *decode_whole(PyObject *self, PyObject *arg) {
+    (void)self;
     Py_buffer data;
     if (PyObject_GetBuffer(arg, &data, PyBUF_SIMPLE) < 0) {
         return NULL;
     }
-    job_t job = {data.buf, (size_t)data.len, {0, 0, 0, 0}, 0, 0, NULL, 0, 0, NULL};
+    job_t job = {data.buf, (size_t)data.len, {0, 0, 0, 0}, 0, 0, NULL, 0, 0, NULL, 0};
     error_manager err;
     const char *failure;
     Py_BEGIN_ALLOW_THREADS
@@ -517,11 +621,11 @@ static PyObject *decode_whole(PyObject *self, PyObject *arg) {
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&data);
     if (failure) {
-        PyErr_Format(PyExc_ValueError, "JPEG does not decode: %s", failure);
-        return NULL;
+        return raise_failure(&job, failure);
     }
     PyObject *pixels = PyByteArray_FromStringAndSize((const char *)job.pixels,
                                                      (Py_ssize_t)job.width * job.height * 3);
+    scratch_trim();
     if (pixels == NULL) {
         return NULL;
     }
@@ -550,6 +654,7 @@ static int select_kernels(const char *name) {
 }
 
 static PyObject *use_kernels(PyObject *self, PyObject *arg) {
+    (void)self;
     const char *name = PyUnicode_AsUTF8(arg);
     if (name == NULL) {
         return NULL;
@@ -580,6 +685,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_cropdecode",
     "Region-of-interest JPEG decode and bilinear resize (see _cropdecode.c).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__cropdecode(void) {
@@ -590,6 +696,17 @@ PyMODINIT_FUNC PyInit__cropdecode(void) {
     }
 #endif
     PyObject *m = PyModule_Create(&module);
+    if (m != NULL && NotHandled == NULL) {
+        NotHandled = PyErr_NewExceptionWithDoc(
+            "loaders._cropdecode.NotHandled",
+            "A file this decoder leaves to the loader's general path (CMYK, no end marker).",
+            PyExc_ValueError, NULL);
+    }
+    if (m != NULL && (NotHandled == NULL ||
+                      PyModule_AddObjectRef(m, "NotHandled", NotHandled) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
     if (m != NULL) {
         PyModule_AddIntConstant(m, "JPEG_LIB_VERSION", JPEG_LIB_VERSION);
         PyModule_AddStringConstant(m, "RESAMPLE_KERNELS", kernel_name);

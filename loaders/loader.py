@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from .ring import RingBatch, forget_workers
+from .ring import RingBatch, forget_rings
 from .stream import ShardStream, read_split
 
 logger = logging.getLogger(__name__)
@@ -37,14 +37,21 @@ class ShardLoader(DataLoader):
         iterator = super().__iter__()
         if not self.dataset.ring_slots or self.num_workers == 0:
             return iterator
-        return _TakingIterator(iterator, forget_at_end=not self.persistent_workers)
+        if not hasattr(self, "_ring_tokens"):
+            self._ring_tokens = set()  # rings of this loader's workers, to forget on close
+        return _TakingIterator(iterator, self._ring_tokens,
+                               forget_at_end=not self.persistent_workers)
 
     def close(self) -> None:
-        """Stop persistent workers now rather than whenever the loader is collected."""
+        """Stop persistent workers now rather than whenever the loader is collected, and
+        unmap their batch slots (batches still held keep their own mapping)."""
         iterator, self._iterator = self._iterator, None
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()
+        tokens = getattr(self, "_ring_tokens", set())
+        forget_rings(tokens)
+        tokens.clear()
 
     def __enter__(self):
         return self
@@ -54,16 +61,19 @@ class ShardLoader(DataLoader):
 
 
 class _TakingIterator:
-    """The DataLoader's iterator, with each worker's RingBatch copied out of its slot.
+    """The DataLoader's iterator, with each RingBatch turned into tensors (see ring.py).
 
-    With pin_memory the pin thread has already done that (RingBatch.pin_memory); a batch
-    a worker sent as plain tensors (no free slot) passes through unchanged.
+    With pin_memory the pin thread has already done that (RingBatch.pin_memory) and says
+    which ring the batch came from; a batch a worker sent as plain tensors (no free slot)
+    passes through unchanged. The rings seen are remembered by their full token, so that
+    forgetting them can never touch another loader's, even if a pid was reused.
     """
 
-    def __init__(self, iterator, forget_at_end: bool):
+    def __init__(self, iterator, loader_tokens: set, forget_at_end: bool):
         self._iterator = iterator
+        self._loader_tokens = loader_tokens
+        self._tokens: set = set()
         self._forget_at_end = forget_at_end
-        self._pids = [w.pid for w in getattr(iterator, "_workers", [])]
 
     def __iter__(self):
         return self
@@ -74,22 +84,39 @@ class _TakingIterator:
         except StopIteration:
             self._forget()
             raise
-        return batch.take() if isinstance(batch, RingBatch) else batch
+        if isinstance(batch, RingBatch):
+            self._seen(batch.token)
+            return batch.take()
+        token = getattr(batch, "ring_token", None)
+        if token is not None:  # pinned by the pin thread
+            self._seen(token)
+            return tuple(batch)
+        return batch
+
+    def _seen(self, token: str) -> None:
+        if token not in self._tokens:
+            self._tokens.add(token)
+            self._loader_tokens.add(token)
 
     def __len__(self):
         return len(self._iterator)
 
     def __getattr__(self, name):  # _workers, _shutdown_workers, ... of the real iterator
-        if name in ("_iterator", "_forget_at_end", "_pids"):
+        if name in ("_iterator", "_tokens", "_loader_tokens", "_forget_at_end"):
             raise AttributeError(name)  # not set yet: __init__ failed part-way
         return getattr(self._iterator, name)
 
     def _forget(self):
         if self._forget_at_end:  # these workers exit with the pass: drop their mappings
-            forget_workers(self._pids)
+            forget_rings(self._tokens)
+            self._loader_tokens.difference_update(self._tokens)
+            self._tokens = set()
 
     def __del__(self):
-        self._forget()
+        try:
+            self._forget()
+        except Exception:  # noqa: BLE001 - at interpreter exit modules may be half gone
+            pass
 
 
 def make_loader(dataset_dir, split: str, *, batch_size: int = 64, num_workers: int = 2,

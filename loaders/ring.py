@@ -26,6 +26,12 @@ The hand-off:
   the DataLoader drains every result of the previous pass before it asks a worker for
   the next pass's first batch. HELD slots stay with the consumer.
 
+Known limit: `share_memory_()` on a received batch (a torch.multiprocessing queue does
+it too) moves the batch to new memory and lets the slot go. The tensor is then safe, but a
+numpy view taken from it before the move still points into the slot, which the worker
+will reuse. Take numpy views after such a move, or copy. (A ring batch reports
+`is_shared() == False`, unlike a plain DataLoader batch.)
+
 Only `make_loader`'s ShardLoader knows how to take a RingBatch. A ShardStream put into a
 plain DataLoader keeps the ring off and yields plain tensors.
 """
@@ -114,6 +120,15 @@ class _Received:
 _received: dict[str, _Received] = {}
 
 
+class _Pinned(tuple):
+    """A pinned batch, marked with the ring it came from for the loader's bookkeeping."""
+
+    def __new__(cls, batch, token):
+        pinned = super().__new__(cls, batch)
+        pinned.ring_token = token
+        return pinned
+
+
 def _free_slot(states: np.ndarray, slot: int) -> None:
     states[slot] = FREE
 
@@ -144,6 +159,8 @@ class RingBatch:
             images = torch.from_numpy(rows[:self.count]).permute(0, 3, 1, 2).pin_memory()
             view.states[self.slot] = FREE
             labels = labels.pin_memory()
+            batch = (images, labels) if self.keys is None else (images, labels, self.keys)
+            return _Pinned(batch, self.token)
         else:
             owner = rows[:self.count]  # a new array object, only for this batch
             view.states[self.slot] = HELD
@@ -155,11 +172,10 @@ class RingBatch:
         return self.take(pin=True)
 
 
-def forget_workers(pids) -> None:
-    """Drop the main process's mappings of these workers' rings (they have exited).
-    Batches the consumer still holds keep their own mapping alive."""
-    pids = {str(pid) for pid in pids}
-    for token in [t for t in _received if t.split("-", 1)[0] in pids]:
+def forget_rings(tokens) -> None:
+    """Drop the main process's mappings of these rings (their workers have exited or are
+    shut down). Batches the consumer still holds keep their own mapping alive."""
+    for token in list(tokens):
         _received.pop(token, None)
 
 

@@ -73,17 +73,28 @@ def image_size_of(data: bytes) -> tuple[int, int]:
         return image.size
 
 
+def _simplejpeg_takes(data: bytes) -> bool:
+    """Whether simplejpeg decodes this file to RGB, judged from its header alone."""
+    if simplejpeg is None or data[:2] != b"\xff\xd8":
+        return False
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return False  # e.g. a chroma sampling TurboJPEG does not name
+    return colorspace not in ("CMYK", "YCCK")
+
+
 def decode_rgb(data: bytes, min_side: int = 0) -> np.ndarray:
     """HWC uint8 RGB, downscaled in the DCT domain only while both sides stay >= min_side."""
     width, height = image_size_of(data)
     if width * height > MAX_PIXELS:
         raise ValueError(f"image of {width}x{height} pixels exceeds the loader's limit")
-    if simplejpeg is not None and data[:2] == b"\xff\xd8":
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side,
-                                          min_width=min_side)
-        except ValueError:
-            pass
+    if _simplejpeg_takes(data):
+        # Damage raises here. It is not handed on to Pillow, which decodes a damaged JPEG
+        # with the missing rows grey: a sample that does not decode cleanly is skipped.
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side,
+                                      min_width=min_side)
+    # PNG, WebP, and JPEGs simplejpeg does not take (CMYK, unusual chroma sampling).
     with Image.open(io.BytesIO(data)) as image:
         if min_side:
             image.draft("RGB", (min_side, min_side))
@@ -177,8 +188,9 @@ def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bo
         try:
             _cropdecode.decode_crop(data, box, size, out, flip)
             return
-        except ValueError:
-            pass  # CMYK, or damage: the general path decides, and raises if it must
+        except _cropdecode.NotHandled:
+            pass  # CMYK, or no end marker at the very end: the general path decides
+        # Any other ValueError is damage and propagates: the sample is skipped.
     image = decode_rgb(data, min_side=min_side)
     height, width = image.shape[:2]
     if (width, height) != tuple(full_size):  # shrunk while decoding: shrink the box too

@@ -218,8 +218,12 @@ def test_the_output_buffer_must_match_and_be_writable(photo):
     with pytest.raises((TypeError, ValueError)):  # refused as a buffer, or as its layout
         cropdecode.decode_crop(data, (0, 0, 64, 64), 32,
                                np.empty((32, 64, 3), np.uint8)[:, ::2])
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="writable"):
         cropdecode.decode_crop(data, (0, 0, 64, 64), 32, bytes(32 * 32 * 3))
+    with pytest.raises(ValueError, match="uint8"):  # the right byte count, the wrong type
+        cropdecode.decode_crop(data, (0, 0, 64, 64), 32, np.empty(32 * 32 * 3 // 4, np.float32))
+    with pytest.raises(ValueError, match="C int"):
+        cropdecode.decode_crop(data, (0, 0, 2**40, 64), 32, np.empty((32, 32, 3), np.uint8))
     with pytest.raises(ValueError, match="size"):
         cropdecode.decode_crop(data, (0, 0, 64, 64), 0, bytearray(0))
 
