@@ -26,11 +26,12 @@ The hand-off:
   the DataLoader drains every result of the previous pass before it asks a worker for
   the next pass's first batch. HELD slots stay with the consumer.
 
-Known limit: `share_memory_()` on a received batch (a torch.multiprocessing queue does
-it too) moves the batch to new memory and lets the slot go. The tensor is then safe, but a
-numpy view taken from it before the move still points into the slot, which the worker
-will reuse. Take numpy views after such a move, or copy. (A ring batch reports
-`is_shared() == False`, unlike a plain DataLoader batch.)
+Known limit: a received batch is an ordinary CPU tensor, not one in torch's shared
+memory (`is_shared()` is False, unlike a plain DataLoader worker's batch). So
+`share_memory_()`, which a torch.multiprocessing queue calls, moves it, and the tensor
+stays correct. But a numpy view taken from it before the move then points at memory
+that is no longer the tensor's. Torch behaves the same for any CPU tensor: reading such a
+view can crash. Take numpy views after the move, or copy.
 
 Only `make_loader`'s ShardLoader knows how to take a RingBatch. A ShardStream put into a
 plain DataLoader keeps the ring off and yields plain tensors.

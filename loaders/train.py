@@ -21,6 +21,7 @@ from torch import nn
 from .evaluate import evaluate
 from .loader import make_loader
 from .normalize import normalize
+from .transforms import decoder_name
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ def train(settings, num_classes: int, log=print) -> dict:
     val_loader = make_loader(settings.dataset, "val", batch_size=settings.batch_size,
                              num_workers=settings.num_workers, image_size=settings.image_size)
 
+    if rank == 0:
+        log(f"loaders.train: {len(train_loader)} batches per epoch per rank; JPEG path: "
+            f"{decoder_name()}")
     step, epoch, seen = 0, 0, 0
     loss_value = float("nan")
     started = time.perf_counter()

@@ -41,7 +41,8 @@ try:  # optional: built from _cropdecode.c at install when libjpeg-turbo's heade
 except ImportError:  # pragma: no cover - depends on the environment
     _cropdecode = None
 # An escape hatch, read at import (so DataLoader workers see it too): the general path only.
-if os.environ.get("SHARDTOOLS_REGION_DECODE", "1") == "0":
+_REGION_SWITCHED_OFF = os.environ.get("SHARDTOOLS_REGION_DECODE", "1") == "0"
+if _REGION_SWITCHED_OFF:
     _cropdecode = None
 
 # Fraction of the shorter side kept by the evaluation centre crop (the usual 224/256).
@@ -56,7 +57,8 @@ def decoder_name() -> str:
     """Which path decodes JPEG samples here, for logs and the benchmark."""
     whole = "simplejpeg" if simplejpeg is not None else "pillow"
     if _cropdecode is None:
-        return f"{whole} (whole image) + torch resize; region decoder not built"
+        why = "switched off (SHARDTOOLS_REGION_DECODE=0)" if _REGION_SWITCHED_OFF else "not built"
+        return f"{whole} (whole image) + torch resize; region decoder {why}"
     return (f"region decode (libjpeg-turbo {_cropdecode.LIBJPEG_TURBO}, "
             f"{_cropdecode.RESAMPLE_KERNELS} resize); {whole} for the rest")
 
