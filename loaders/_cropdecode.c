@@ -4,10 +4,11 @@
  * crop covers a quarter to four fifths of a stored image. libjpeg-turbo can skip the work
  * outside a box: jpeg_crop_scanline narrows the columns that get inverse DCT, upsampling
  * and colour conversion; jpeg_skip_scanlines skips that work for the rows above the box;
- * and decoding stops after the box's last row. When the box is more than the output size,
- * libjpeg scales by M/8 in the DCT domain, with the smallest M that still leaves at least
- * `size` pixels each way, so the final bilinear step never shrinks by 2x or more and needs
- * no antialiasing.
+ * and decoding stops after the box's last row. When the box is at least twice the output
+ * size each way, libjpeg scales by M/8 (M = 1, 2 or 4) in the DCT domain, with the smallest
+ * M that still leaves at least `size` pixels each way. So the final bilinear step shrinks
+ * one side by less than 2x, and the other by less than 8/3 for crops of at most 4:3. It
+ * does not antialias; the loader's general path follows the same rule.
  *
  * The bilinear step samples as torch's interpolate(mode="bilinear", align_corners=False)
  * does, in 7-bit fixed point, writing HWC uint8 straight into the caller's buffer (a row

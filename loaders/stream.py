@@ -166,8 +166,8 @@ class ShardStream(IterableDataset):
             return
         _warned.add(key)
         logger.warning(
-            "%s: %d shards for %d ranks x %d workers; each shard is read by %d workers, which "
-            "keep every %d-th sample (correct, but %dx the reading). For one shard per worker, "
+            "%s: %d shards for %d ranks x %d workers; each shard is read by %d workers, each "
+            "keeping one sample in %d (correct, but %dx the reading). For one shard per worker, "
             "build at least %d shards (lower build.shard_max_samples) or use num_workers <= %d.",
             self.split_name, len(self.shard_paths), self.world_size, self.num_workers, size, size,
             size, self.world_size * self.num_workers, max(1, len(self.shard_paths) // self.world_size))

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loaders.train", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="YAML config with a 'train' section")
     parser.add_argument("--max-steps", type=int, help="override train.max_steps")
+    parser.add_argument("--dataset", help="override train.dataset (a directory built by "
+                        "`shardtools build`, e.g. demo-run/dataset after `make demo`)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     try:
@@ -120,15 +123,26 @@ def main(argv=None) -> int:
         print(f"loaders.train: {args.config} has no 'train' section", file=sys.stderr)
         return 2
     settings = config.train
-    if args.max_steps:
+    if args.max_steps is not None:
+        if args.max_steps < 1:
+            print("loaders.train: --max-steps must be at least 1", file=sys.stderr)
+            return 2
         settings = dataclasses.replace(settings, max_steps=args.max_steps)
+    if args.dataset is not None:
+        settings = dataclasses.replace(settings, dataset=str(Path(args.dataset).resolve()))
 
+    from shardtools.dataset import read_manifest
+
+    try:  # before any process group: a missing dataset is a one-line error on every rank
+        num_classes = read_manifest(settings.dataset)["num_classes"]
+    except ShardToolsError as exc:
+        print(f"loaders.train: {exc}\n  Build it first (`shardtools build --config "
+              f"{args.config}`), or pass --dataset DIR; after `make demo`, "
+              "`--config demo-run/demo.yaml` trains on the demo's dataset.", file=sys.stderr)
+        return 2
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        from shardtools.dataset import read_manifest
-
-        num_classes = read_manifest(settings.dataset)["num_classes"]
         train(settings, num_classes)
     finally:
         if dist.is_initialized():

@@ -41,7 +41,8 @@ try:  # optional: built from _cropdecode.c at install when libjpeg-turbo's heade
 except ImportError:  # pragma: no cover - depends on the environment
     _cropdecode = None
 # An escape hatch, read at import (so DataLoader workers see it too): the general path only.
-_REGION_SWITCHED_OFF = os.environ.get("SHARDTOOLS_REGION_DECODE", "1") == "0"
+_REGION_SWITCHED_OFF = os.environ.get("SHARDTOOLS_REGION_DECODE", "1").strip().lower() in (
+    "0", "false", "no", "off")
 if _REGION_SWITCHED_OFF:
     _cropdecode = None
 
@@ -86,20 +87,35 @@ def _simplejpeg_takes(data: bytes) -> bool:
     return colorspace not in ("CMYK", "YCCK")
 
 
-def decode_rgb(data: bytes, min_side: int = 0) -> np.ndarray:
-    """HWC uint8 RGB, downscaled in the DCT domain only while both sides stay >= min_side."""
-    width, height = image_size_of(data)
-    if width * height > MAX_PIXELS:
-        raise ValueError(f"image of {width}x{height} pixels exceeds the loader's limit")
+def dct_eighths(width: int, height: int, least: int) -> int:
+    """The smallest M of 1, 2, 4 and 8 whose M/8 scale keeps both sides >= `least`.
+
+    Only these scales, on both paths: libjpeg-turbo's 7/8, 3/4, ... kernels are plain C and
+    slower than a full decode, and the region decoder uses the same rule, so the two paths
+    decode a crop at the same scale."""
+    for eighths in (1, 2, 4):
+        if width * eighths >= least * 8 and height * eighths >= least * 8:
+            return eighths
+    return 8
+
+
+def decode_rgb(data: bytes, min_side: int = 0, *, eighths: int | None = None) -> np.ndarray:
+    """HWC uint8 RGB, decoded at `eighths`/8 scale (1, 2, 4 or 8), or by default at the
+    smallest of those that keeps both sides >= min_side."""
+    width, height = _checked_size(data)
+    if eighths is None:
+        eighths = dct_eighths(width, height, min_side) if min_side else 8
+    # The decoders pick the smallest scale whose output reaches these sides: exactly M/8.
+    scaled = (-(-width * eighths // 8), -(-height * eighths // 8))
     if _simplejpeg_takes(data):
         # Damage raises here. It is not handed on to Pillow, which decodes a damaged JPEG
         # with the missing rows grey: a sample that does not decode cleanly is skipped.
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=min_side,
-                                      min_width=min_side)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=scaled[0],
+                                      min_height=scaled[1])
     # PNG, WebP, and JPEGs simplejpeg does not take (CMYK, unusual chroma sampling).
     with Image.open(io.BytesIO(data)) as image:
-        if min_side:
-            image.draft("RGB", (min_side, min_side))
+        if eighths != 8:
+            image.draft("RGB", scaled)  # JPEG only; 1/2, 1/4, 1/8 are all draft knows
         if image.mode != "RGB":
             image = image.convert("RGB")
         return np.array(image)  # writable: torch.from_numpy refuses read-only arrays
@@ -138,9 +154,11 @@ def crop_resize(image: np.ndarray, box, size: int, flip: bool = False) -> torch.
     # would not: its strides fail the fast path's check, so the flip comes after).
     crop = crop.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     # Bilinear reads a 2x2 neighbourhood, which covers every source pixel down to a 2x
-    # shrink: antialiasing is needed only past that. The stored images are near the
-    # training size, so this is the common case, and it saves about a third of the resize.
-    heavy_shrink = right - left > 2 * size or bottom - top > 2 * size
+    # shrink. Past that on both sides, antialias. One side past 2x and the other not is
+    # left plain, as the region decoder does (the DCT-domain scale is the same on both
+    # axes, so it cannot take that case further): with crops of at most 4:3 that side
+    # shrinks by less than 8/3. Plain bilinear also saves about a third of the resize.
+    heavy_shrink = right - left > 2 * size and bottom - top > 2 * size
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False,
                         antialias=heavy_shrink)[0]
     return out.flip(2) if flip else out
@@ -152,16 +170,13 @@ def train_into(out: np.ndarray, data: bytes, size: int, rng: random.Random,
     width, height = _checked_size(data)
     box = random_box(width, height, rng)
     flip = rng.random() < flip_p
-    # A crop covers at least sqrt(min scale) of each side: decode no smaller than that.
-    _crop_into(out, data, (width, height), box, size, flip,
-               min_side=math.ceil(size / math.sqrt(TRAIN_SCALE[0])))
+    _crop_into(out, data, (width, height), box, size, flip)
 
 
 def eval_into(out: np.ndarray, data: bytes, size: int) -> None:
     """The centre crop, written into `out` (size x size x 3 uint8)."""
     width, height = _checked_size(data)
-    _crop_into(out, data, (width, height), center_box(width, height), size, False,
-               min_side=math.ceil(size / EVAL_CROP_FRACTION))
+    _crop_into(out, data, (width, height), center_box(width, height), size, False)
 
 
 def train_view(data: bytes, size: int, rng: random.Random, flip_p: float = 0.5) -> torch.Tensor:
@@ -184,8 +199,7 @@ def _checked_size(data: bytes) -> tuple[int, int]:
     return width, height
 
 
-def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bool,
-               min_side: int) -> None:
+def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bool) -> None:
     if _cropdecode is not None and data[:2] == b"\xff\xd8":
         try:
             _cropdecode.decode_crop(data, box, size, out, flip)
@@ -193,11 +207,14 @@ def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bo
         except _cropdecode.NotHandled:
             pass  # CMYK, or no end marker at the very end: the general path decides
         # Any other ValueError is damage and propagates: the sample is skipped.
-    image = decode_rgb(data, min_side=min_side)
+    # The same scale and the same box in the scaled image as _cropdecode.c takes.
+    left, top, right, bottom = box
+    eighths = dct_eighths(right - left, bottom - top, size)
+    image = decode_rgb(data, eighths=eighths)
     height, width = image.shape[:2]
     if (width, height) != tuple(full_size):  # shrunk while decoding: shrink the box too
-        sx, sy = width / full_size[0], height / full_size[1]
-        left, top = min(width - 1, int(box[0] * sx)), min(height - 1, int(box[1] * sy))
-        box = (left, top, max(left + 1, min(width, round(box[2] * sx))),
-               max(top + 1, min(height, round(box[3] * sy))))
-    out[...] = crop_resize(image, box, size, flip).permute(1, 2, 0).numpy()
+        right = min(width, -(-right * eighths // 8))
+        bottom = min(height, -(-bottom * eighths // 8))
+        left = min(right - 1, left * eighths // 8)
+        top = min(bottom - 1, top * eighths // 8)
+    out[...] = crop_resize(image, (left, top, right, bottom), size, flip).permute(1, 2, 0).numpy()
