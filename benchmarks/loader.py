@@ -15,7 +15,8 @@ own build, from a md5(url).jpg cache this script fills, then measures samples pe
       the most workers measured: what each busy core of this machine gives.
 
 Rates are steady state: every pipeline runs with persistent workers, one warm-up epoch is
-not timed, then whole epochs are timed for at least 2 s. Peak memory is each worker's
+not timed, then epochs are timed, each from the moment every worker has delivered its
+first batch, for at least 2 s in all. Peak memory is each worker's
 VmHWM. Every pipeline is measured --rounds times, the rounds interleaved so that a slow
 spell of a shared machine hits all of them alike, and the table shows each one's median. It prints the table and the ratios; it asserts nothing.
 `--profile` runs pyinstrument over (a) in the main process instead.
@@ -178,27 +179,36 @@ def worker_peaks_mb(iterator, peaks: dict) -> dict:
 
 
 def measure(loader, min_seconds: float = 2.0) -> tuple[float, list[float]]:
-    """Samples per second over whole epochs, after one warm-up epoch, for at least
-    `min_seconds` (so that a fast pipeline is not timed over a fraction of a second).
+    """Samples per second in steady state, after one warm-up epoch, for at least
+    `min_seconds` of timed batches.
 
-    Steady state, as in training with persistent workers: worker start-up, the first
-    shard opens and cold caches fall in the warm-up epoch. Each timed epoch includes its
-    own start (the pipeline refilling), which training pays too."""
+    As in training with persistent workers and long epochs: worker start-up, the first
+    shard opens and cold caches fall in the warm-up epoch. In each timed epoch the clock
+    starts once every worker has delivered its first batch, so the pipeline refilling at
+    an epoch's start (which a 2,000-sample epoch would pay out of all proportion to a
+    real one) is not counted; the samples of those first batches are not counted either.
+    """
     peaks: dict = {}
     iterator = iter(loader)
     for _ in iterator:
         worker_peaks_mb(iterator, peaks)
-    started, count = time.perf_counter(), 0
-    while count == 0 or time.perf_counter() - started < min_seconds:
+    refill = max(1, getattr(loader, "num_workers", 0))
+    timed, count = 0.0, 0
+    while count == 0 or timed < min_seconds:
         iterator = iter(loader)
-        for batch in iterator:
-            count += len(batch[1])
+        started = None
+        for index, batch in enumerate(iterator):
+            if index + 1 == refill:
+                started = time.perf_counter()
+            elif started is not None:
+                count += len(batch[1])
             worker_peaks_mb(iterator, peaks)
-    rate = count / (time.perf_counter() - started)
+        if started is not None:
+            timed += time.perf_counter() - started
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if shutdown:
         shutdown()
-    return rate, list(peaks.values())
+    return count / timed, list(peaks.values())
 
 
 def stored_jpegs(dataset: Path) -> list[bytes]:
