@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+
+import numpy as np
 from pathlib import Path
 
 from conftest import build_settings, photo_variants, write_jsonl
@@ -34,13 +36,29 @@ def shards(dataset: Path, split: str) -> list[dict]:
     return manifest(dataset)["splits"][split]["shards"]
 
 
-def truth(dataset: Path, split: str) -> dict[str, tuple[int, str]]:
-    """key -> (class, shard name), read from the listed tars with the standard library."""
-    found = {}
+def members(dataset: Path, split: str, extension: str):
+    """(key, bytes, shard name) of every member with this extension in a split's listed tars,
+    read with the standard library."""
     for shard in shards(dataset, split):
         with tarfile.open(dataset / shard["name"]) as tar:
             for member in tar:
-                key, _, extension = member.name.partition(".")
-                if extension == "cls":
-                    found[key] = (int(tar.extractfile(member).read()), shard["name"])
-    return found
+                key, _, found = member.name.partition(".")
+                if found == extension:
+                    yield key, tar.extractfile(member).read(), shard["name"]
+
+
+def truth(dataset: Path, split: str) -> dict[str, tuple[int, str]]:
+    """key -> (class, shard name)."""
+    return {key: (int(data), name) for key, data, name in members(dataset, split, "cls")}
+
+
+def expected_eval_images(dataset: Path, split: str, size: int) -> dict:
+    """key -> the centre crop (HWC uint8), computed in the test process from the tar's bytes."""
+    from loaders import transforms
+
+    out = {}
+    for key, data, _ in members(dataset, split, "jpg"):
+        image = np.empty((size, size, 3), dtype=np.uint8)
+        transforms.eval_into(image, data, size)
+        out[key] = image
+    return out

@@ -22,6 +22,8 @@ from PIL import Image
 from conftest import PHOTOS
 from loaders import transforms
 
+from .test_cropdecode import KINDS as BASE_KINDS
+
 cropdecode = pytest.importorskip("loaders._cropdecode", reason="the region decoder did not build")
 simplejpeg = pytest.importorskip("simplejpeg")
 
@@ -76,14 +78,8 @@ def _emulate(src: np.ndarray, size: int, flip: bool) -> np.ndarray:
     return ((out + (1 << 13)) >> 14).astype(np.uint8)
 
 
-KINDS = {
-    "4:2:0": dict(quality=90, subsampling=2),
-    "4:2:2": dict(quality=90, subsampling=1),
-    "4:4:4": dict(quality=90, subsampling=0),
-    "progressive": dict(quality=85, progressive=True),
-    "restart markers": dict(quality=85, restart_marker_blocks=1),
-    "grayscale": dict(quality=90),
-}
+KINDS = {**BASE_KINDS, "restart markers": dict(quality=85, restart_marker_blocks=1),
+         "grayscale": dict(quality=90)}
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -8,33 +8,22 @@ a fresh batch instead of waiting.
 from __future__ import annotations
 
 import gc
-import tarfile
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from loaders import make_loader, ring, transforms
+from loaders import make_loader, ring
 from loaders.stream import ShardStream, read_split
 
-from .datasets import shards
+from .datasets import expected_eval_images
 
 SIZE = 16
 
 
-def _expected_eval_images(dataset, split) -> dict[str, np.ndarray]:
-    """key -> the centre crop, computed here in the test process from the tar's bytes."""
-    out = {}
-    for shard in shards(dataset, split):
-        with tarfile.open(dataset / shard["name"]) as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                if extension == "jpg":
-                    image = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
-                    transforms.eval_into(image, tar.extractfile(member).read(), SIZE)
-                    out[key] = image
-    return out
+def _expected_eval_images(dataset, split):
+    return expected_eval_images(dataset, split, SIZE)
 
 
 def _fallbacks(loader) -> int:

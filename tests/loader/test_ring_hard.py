@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import tarfile
 import time
 
 import numpy as np
@@ -16,24 +15,15 @@ import pytest
 import torch
 import torch.multiprocessing as torch_mp
 
-from loaders import make_loader, ring, transforms
+from loaders import make_loader, ring
 
-from .datasets import shards
+from .datasets import expected_eval_images
 
 SIZE = 16
 
 
-def _expected(dataset, split) -> dict[str, np.ndarray]:
-    out = {}
-    for shard in shards(dataset, split):
-        with tarfile.open(dataset / shard["name"]) as tar:
-            for member in tar:
-                key, _, extension = member.name.partition(".")
-                if extension == "jpg":
-                    image = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
-                    transforms.eval_into(image, tar.extractfile(member).read(), SIZE)
-                    out[key] = image
-    return out
+def _expected(dataset, split):
+    return expected_eval_images(dataset, split, SIZE)
 
 
 def _wrong(images, keys, expected) -> list[str]:
