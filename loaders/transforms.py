@@ -6,17 +6,17 @@ then one of two paths writes the crop into its row of the batch:
 
 - Region decode (`_cropdecode`, C, built at install where libjpeg-turbo's headers are
   present): libjpeg-turbo decodes only the box's columns and rows, scaled in the DCT
-  domain by 1/2, 1/4 or 1/8 when the box is that much larger than the output, and a
-  fixed-point bilinear kernel (SSSE3 where the CPU has it) writes the output. A training
-  crop covers a quarter to four fifths of the image, so this costs less than decoding
-  the whole image.
+  domain by 1/2, 1/4 or 1/8 when the box is at least twice the output (`dct_eighths`),
+  and a fixed-point bilinear kernel (AVX2 or SSSE3 where the CPU has them) writes the
+  output. A training crop covers 25-100 % of the image's area, so this costs less than
+  decoding the whole image.
 - General path, for PNG, CMYK JPEGs, or where the extension did not build: decode the
-  whole image (simplejpeg when installed, else Pillow), slice the box, and scale it with
-  torch's uint8 bilinear kernel (antialiased past a 2x shrink). A box that already has
-  the output size is copied, not scaled.
+  image at the same DCT scale (simplejpeg when installed, else Pillow), slice the same
+  box, and scale it with torch's uint8 bilinear kernel (antialiased only past a 2x shrink
+  on both sides). A box that already has the output size is copied, not scaled.
 
 Both sample the way torch's interpolate(mode="bilinear", align_corners=False) does and
-agree within a few levels per pixel; tests/loader/test_cropdecode.py checks that.
+agree within 3 levels per pixel; tests/loader/test_cropdecode.py checks that.
 """
 
 from __future__ import annotations
