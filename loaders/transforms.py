@@ -64,27 +64,28 @@ def decoder_name() -> str:
             f"{_cropdecode.RESAMPLE_KERNELS} resize); {whole} for the rest")
 
 
-def image_size_of(data: bytes) -> tuple[int, int]:
-    """(width, height) from the header only."""
+def _header(data: bytes) -> tuple[int, int, bool]:
+    """(width, height, whether simplejpeg decodes it to RGB), from one read of the header."""
     if simplejpeg is not None and data[:2] == b"\xff\xd8":
         try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
-            return width, height
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            return width, height, colorspace not in ("CMYK", "YCCK")
         except ValueError:
-            pass  # Pillow may still read it (e.g. CMYK); let it decide
+            pass  # e.g. a chroma sampling TurboJPEG does not name: Pillow decides
     with Image.open(io.BytesIO(data)) as image:
-        return image.size
+        return image.size[0], image.size[1], False
 
 
-def _simplejpeg_takes(data: bytes) -> bool:
-    """Whether simplejpeg decodes this file to RGB, judged from its header alone."""
-    if simplejpeg is None or data[:2] != b"\xff\xd8":
-        return False
-    try:
-        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
-        return False  # e.g. a chroma sampling TurboJPEG does not name
-    return colorspace not in ("CMYK", "YCCK")
+def _checked_header(data: bytes) -> tuple[int, int, bool]:
+    header = _header(data)
+    if header[0] * header[1] > MAX_PIXELS:
+        raise ValueError(f"image of {header[0]}x{header[1]} pixels exceeds the loader's limit")
+    return header
+
+
+def image_size_of(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header only."""
+    return _header(data)[:2]
 
 
 def dct_eighths(width: int, height: int, least: int) -> int:
@@ -102,12 +103,17 @@ def dct_eighths(width: int, height: int, least: int) -> int:
 def decode_rgb(data: bytes, min_side: int = 0, *, eighths: int | None = None) -> np.ndarray:
     """HWC uint8 RGB, decoded at `eighths`/8 scale (1, 2, 4 or 8), or by default at the
     smallest of those that keeps both sides >= min_side."""
-    width, height = _checked_size(data)
+    header = _checked_header(data)
     if eighths is None:
-        eighths = dct_eighths(width, height, min_side) if min_side else 8
+        eighths = dct_eighths(header[0], header[1], min_side) if min_side else 8
+    return _decode_scaled(data, header, eighths)
+
+
+def _decode_scaled(data: bytes, header, eighths: int) -> np.ndarray:
+    width, height, simplejpeg_takes = header
     # The decoders pick the smallest scale whose output reaches these sides: exactly M/8.
     scaled = (-(-width * eighths // 8), -(-height * eighths // 8))
-    if _simplejpeg_takes(data):
+    if simplejpeg_takes:
         # Damage raises here. It is not handed on to Pillow, which decodes a damaged JPEG
         # with the missing rows grey: a sample that does not decode cleanly is skipped.
         return simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=scaled[0],
@@ -167,16 +173,16 @@ def crop_resize(image: np.ndarray, box, size: int, flip: bool = False) -> torch.
 def train_into(out: np.ndarray, data: bytes, size: int, rng: random.Random,
                flip_p: float = 0.5) -> None:
     """A random resized crop, maybe mirrored, written into `out` (size x size x 3 uint8)."""
-    width, height = _checked_size(data)
-    box = random_box(width, height, rng)
+    header = _checked_header(data)
+    box = random_box(header[0], header[1], rng)
     flip = rng.random() < flip_p
-    _crop_into(out, data, (width, height), box, size, flip)
+    _crop_into(out, data, header, box, size, flip)
 
 
 def eval_into(out: np.ndarray, data: bytes, size: int) -> None:
     """The centre crop, written into `out` (size x size x 3 uint8)."""
-    width, height = _checked_size(data)
-    _crop_into(out, data, (width, height), center_box(width, height), size, False)
+    header = _checked_header(data)
+    _crop_into(out, data, header, center_box(header[0], header[1]), size, False)
 
 
 def train_view(data: bytes, size: int, rng: random.Random, flip_p: float = 0.5) -> torch.Tensor:
@@ -192,14 +198,7 @@ def eval_view(data: bytes, size: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(2, 0, 1)
 
 
-def _checked_size(data: bytes) -> tuple[int, int]:
-    width, height = image_size_of(data)
-    if width * height > MAX_PIXELS:
-        raise ValueError(f"image of {width}x{height} pixels exceeds the loader's limit")
-    return width, height
-
-
-def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bool) -> None:
+def _crop_into(out: np.ndarray, data: bytes, header, box, size: int, flip: bool) -> None:
     if _cropdecode is not None and data[:2] == b"\xff\xd8":
         try:
             _cropdecode.decode_crop(data, box, size, out, flip)
@@ -210,9 +209,9 @@ def _crop_into(out: np.ndarray, data: bytes, full_size, box, size: int, flip: bo
     # The same scale and the same box in the scaled image as _cropdecode.c takes.
     left, top, right, bottom = box
     eighths = dct_eighths(right - left, bottom - top, size)
-    image = decode_rgb(data, eighths=eighths)
+    image = _decode_scaled(data, header, eighths)
     height, width = image.shape[:2]
-    if (width, height) != tuple(full_size):  # shrunk while decoding: shrink the box too
+    if (width, height) != tuple(header[:2]):  # shrunk while decoding: shrink the box too
         right = min(width, -(-right * eighths // 8))
         bottom = min(height, -(-bottom * eighths // 8))
         left = min(right - 1, left * eighths // 8)
